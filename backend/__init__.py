@@ -1,0 +1,1 @@
+"""Label Studio ML backend: a thin adapter over dam_model."""
