@@ -1,0 +1,938 @@
+"""Train any DAM preset on (image, mask, caption) samples: one module for the tiny model and the nightly fine-tune.
+
+Reads like a recipe:
+1. `TrainConfig` says everything (validated, printed as one dict).
+2. Samples are preprocessed once into the 8-channel DAM input (full view + mask, focal crop + mask).
+3. Each optimizer step draws its batch from a seeded per-epoch permutation and its prompts from a seeded
+   per-(step, slot) generator, so the data a step sees depends on (seed, step) only: resuming replays exactly.
+4. Loss is the LM loss on caption tokens only (prompt tokens carry label -100).
+5. Checkpoints are plain DAM folders (official layout) plus `trainer_state.pt`, written to a temp folder and
+   renamed into place; `resume="auto"` picks the newest complete one.
+6. The final folder is a plain DAM checkpoint (LoRA merged) with its config, metrics and provenance beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from dam_model.augment import DEFAULT_QUERY, augment_prompt, example_rng
+
+CHECKPOINT_DIRNAME = "checkpoints"
+FINAL_DIRNAME = "final"
+TRAINER_STATE = "trainer_state.pt"
+STATE_FORMAT = 1
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_TMP_PREFIX = ".tmp-"
+
+#: Parameter-name markers of each trainable part (official state-dict prefixes; see dam-architecture.md).
+TRAINABLE_PARTS = ("llm", "projector", "context_provider", "vision", "mask_embedding")
+
+
+@dataclass
+class TrainConfig:
+    """Every training hyperparameter. Validated at construction; `asdict` is logged and saved with each checkpoint."""
+
+    out_dir: str
+    """Folder for checkpoints/, metrics.jsonl and final/ (created if missing)."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW). The paper uses 1e-4 for DAM-3B."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not to biases, norms, gates or embeddings of size 1)."""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many optimizer steps."""
+    max_steps: int | None = None
+    """Optimizer steps to run; if None, derived from `epochs`."""
+    epochs: float | None = None
+    """Passes over the training samples (used only when max_steps is None)."""
+    batch_size: int = 8
+    """Regions per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    seed: int = 0
+    """Seeds init-time RNGs, the data order and the prompt augmentation."""
+    train_llm: bool = True
+    """Train the language model (ignored for weights that LoRA freezes: then only adapters train)."""
+    train_projector: bool = True
+    """Train the mm_projector."""
+    train_context_provider: bool = True
+    """Train the focal adapters (cross-attention + MLP + gates)."""
+    train_vision: bool = False
+    """Train the vision tower (except the mask patch embedding, see train_mask_embedding)."""
+    train_mask_embedding: bool = True
+    """Train the vision tower's mask patch embedding."""
+    lora_rank: int = 0
+    """LoRA rank on the LLM's linear layers (0 = no LoRA). Merged into the weights on every save."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """LLM module names (suffixes) that get LoRA adapters."""
+    default_prompt_fraction: float = 0.5
+    """Share of examples that use the official default query with the long caption (the inference setting)."""
+    max_seq_len: int | None = None
+    """Truncate text token sequences to this many tokens (None = no truncation)."""
+    dtype: str = "auto"
+    """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'float32' or 'bfloat16' (autocast; weights stay fp32)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward; None = on for CUDA, off for CPU."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    resume: str = "auto"
+    """'auto' (newest complete checkpoint in out_dir, else start fresh), 'none', or a checkpoint folder path."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every N optimizer steps (0 = only the final one)."""
+    keep_last: int = 2
+    """Checkpoints kept in out_dir/checkpoints (older ones are removed after a new one is in place)."""
+    log_every: int = 10
+    """Append a metrics.jsonl line every N steps (the progress bar updates every step)."""
+    eval_every: int = 0
+    """Validation loss every N steps when val samples are given (0 = only at the end)."""
+    num_threads: int = 0
+    """torch.set_num_threads value (0 = leave torch's default)."""
+    progress: bool = True
+    """Show a tqdm bar (only when stderr is a terminal)."""
+    cache_preprocessed: bool = True
+    """Preprocess every sample once and keep the 8-channel tensors in memory (float16) instead of per step."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance (data snapshot id, profile name...) saved with the model; not used by training."""
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)  # JSON round trips give lists
+        self.lora_target_modules = tuple(self.lora_target_modules)
+        if not self.out_dir:
+            raise ValueError("out_dir must be set")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "log_every", "eval_every", "num_threads", "keep_last", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ValueError("keep_last must be >= 1 (resume needs a checkpoint)")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        if self.lora_rank and not self.lora_target_modules:
+            raise ValueError("lora_rank > 0 needs lora_target_modules")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.default_prompt_fraction <= 1:
+            raise ValueError(f"default_prompt_fraction must be in [0, 1], got {self.default_prompt_fraction}")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not (self.resume in ("auto", "none") or self.resume):
+            raise ValueError("resume must be 'auto', 'none' or a checkpoint path")
+        if not any(self.trainable_parts()) and not self.lora_rank:
+            raise ValueError("nothing to train: every train_* flag is False and lora_rank is 0")
+
+    def trainable_parts(self) -> list[str]:
+        """Names of the parts whose parameters get gradients (before LoRA freezes the LLM base weights)."""
+        return [p for p in TRAINABLE_PARTS if getattr(self, f"train_{p}")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of every field."""
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        d["lora_target_modules"] = list(self.lora_target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of to_dict; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class TrainingSample:
+    """One region: image HxWx3 uint8, mask HxW (foreground > 0), long caption and optional short caption."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    caption: str
+    short_caption: str | None = None
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image)
+        self.mask = np.asarray(self.mask)
+        if self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(f"image must be HxWx3, got shape {self.image.shape}")
+        if self.image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8, got {self.image.dtype}")
+        if self.mask.shape != self.image.shape[:2]:
+            raise ValueError(f"mask shape {self.mask.shape} != image shape {self.image.shape[:2]}")
+        if not (self.mask > 0).any():
+            raise ValueError("mask is empty")
+        if not self.caption or not self.caption.strip():
+            raise ValueError("caption is empty")
+
+
+def as_training_sample(obj: Any) -> TrainingSample:
+    """Accept a TrainingSample, a dict, or any object with image/mask and caption fields.
+
+    Caption field names tried, in order: long_caption, caption, text (long); short_caption (short).
+    """
+    if isinstance(obj, TrainingSample):
+        return obj
+    get = obj.get if isinstance(obj, dict) else (lambda k, default=None: getattr(obj, k, default))
+    image, mask = get("image"), get("mask")
+    if image is None or mask is None:
+        raise ValueError(f"sample {type(obj).__name__} has no image/mask")
+    long_caption = get("long_caption") or get("caption") or get("text")
+    if not long_caption:
+        raise ValueError(f"sample {type(obj).__name__} has no caption")
+    return TrainingSample(image=image, mask=mask, caption=long_caption, short_caption=get("short_caption"))
+
+
+# --------------------------------------------------------------------------------------------- model parts
+
+
+def _part_of(param_name: str) -> str:
+    """Which trainable part a parameter belongs to, from its official-layout name."""
+    if "mask_patch_embedding" in param_name:
+        return "mask_embedding"
+    if param_name.startswith(("llm.", "language_model.")):
+        return "llm"
+    if param_name.startswith(("mm_projector.", "projector.")):
+        return "projector"
+    if param_name.startswith("context_provider."):
+        return "context_provider"
+    if param_name.startswith(("vision_tower.", "vision.")):
+        return "vision"
+    raise ValueError(f"parameter {param_name!r} belongs to no known DAM part")
+
+
+def _is_lora_param(name: str) -> bool:
+    return "lora_" in name
+
+
+def set_trainable(model: Any, cfg: TrainConfig) -> dict[str, int]:
+    """Freeze or unfreeze parameters by part; returns trainable parameter counts per part (LoRA as 'lora')."""
+    parts = set(cfg.trainable_parts())
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if _is_lora_param(name):
+            param.requires_grad_(True)
+            key = "lora"
+        else:
+            key = _part_of(name.replace("base_layer.", ""))
+            # With LoRA the LLM base weights stay frozen: only its adapters learn.
+            param.requires_grad_(key in parts and not (cfg.lora_rank and key == "llm"))
+        if param.requires_grad:
+            counts[key] = counts.get(key, 0) + param.numel()
+    return counts
+
+
+def _llm_module(model: Any) -> Any:
+    for name in ("llm", "language_model"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ValueError("model has no llm submodule to put LoRA on")
+
+
+def apply_lora(model: Any, cfg: TrainConfig) -> None:
+    """Inject LoRA adapters (peft) into the LLM's target linear layers, in place."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora_cfg = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+    )
+    inject_adapter_in_model(lora_cfg, _llm_module(model))
+
+
+def merged_copy(model: Any) -> Any:
+    """A copy of `model` with every LoRA layer merged into its base weights and removed (a plain DAM)."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    plain = copy.deepcopy(model)
+    replacements = [(name, module) for name, module in plain.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in replacements:
+        module.merge(safe_merge=True)
+        parent_name, _, child = name.rpartition(".")
+        parent = plain.get_submodule(parent_name) if parent_name else plain
+        setattr(parent, child, module.get_base_layer())
+    return plain
+
+
+def _plain_for_saving(model: Any, cfg: TrainConfig) -> Any:
+    return merged_copy(model) if cfg.lora_rank else model
+
+
+# --------------------------------------------------------------------------------------------- batches
+
+
+class RegionData:
+    """Preprocessed samples plus deterministic batch assembly.
+
+    `batch(step, micro)` depends only on (seed, step, micro): the data order is a per-epoch permutation of
+    the samples seeded by (seed, epoch), and prompts come from `example_rng(seed, step, slot)`.
+    """
+
+    def __init__(self, samples: Sequence[TrainingSample], tokenizer: Any, image_size: int, cfg: TrainConfig,
+                 augment: bool = True) -> None:
+        if not samples:
+            raise ValueError("no training samples")
+        self.samples = list(samples)
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.cfg = cfg
+        self.augment = augment
+        self._cache: dict[int, tuple[Any, bool]] = {}
+        self._perm_epoch = -1
+        self._perm: np.ndarray | None = None
+        if cfg.cache_preprocessed:
+            for i in range(len(self.samples)):
+                self._pixels(i)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _pixels(self, index: int) -> tuple[Any, bool]:
+        """8-channel tensor [8, S, S] float32 and is_focal for one sample (cached as float16 when enabled)."""
+        import torch
+
+        from dam_model.focal import preprocess_regions
+
+        if index in self._cache:
+            pixels, focal = self._cache[index]
+            return pixels.float(), focal
+        sample = self.samples[index]
+        regions = preprocess_regions(sample.image, [sample.mask], self.image_size)
+        pixels = torch.as_tensor(np.asarray(regions.pixel_values[0]), dtype=torch.float32)
+        focal = bool(np.asarray(regions.is_focal)[0])
+        if self.cfg.cache_preprocessed:
+            self._cache[index] = (pixels.half(), focal)
+        return pixels, focal
+
+    def _sample_index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.samples))
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.samples))
+            self._perm_epoch = epoch
+        return int(self._perm[offset])  # type: ignore[index]
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        """Sample indices of micro-batch `micro` of optimizer step `step` (0-based)."""
+        first = (step * self.cfg.grad_accum_steps + micro) * self.cfg.batch_size
+        return [self._sample_index(first + j) for j in range(self.cfg.batch_size)]
+
+    def examples(self, step: int, micro: int) -> list[tuple[int, str, str]]:
+        """(sample index, query, answer) for each slot of a micro-batch."""
+        out = []
+        for slot, index in enumerate(self.indices(step, micro)):
+            sample = self.samples[index]
+            if self.augment:
+                rng = example_rng(self.cfg.seed, step, micro * self.cfg.batch_size + slot)
+                ex = augment_prompt(sample.caption, sample.short_caption, rng, self.cfg.default_prompt_fraction)
+                out.append((index, ex.query, ex.answer))
+            else:
+                out.append((index, DEFAULT_QUERY, sample.caption))
+        return out
+
+    def collate(self, examples: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
+        """Right-padded tensors for model.forward: input_ids/attention_mask/labels [B, T], pixel_values [B, 8, S, S]."""
+        import torch
+
+        from dam_model.prompt import encode_training_example
+
+        pad_id = _pad_id(self.tokenizer)
+        encoded = []
+        for _, query, answer in examples:
+            ids, labels = encode_training_example(self.tokenizer, query, answer)
+            ids, labels = list(ids), list(labels)
+            if len(ids) != len(labels):
+                raise ValueError("encode_training_example returned ids and labels of different lengths")
+            if self.cfg.max_seq_len is not None:
+                ids, labels = ids[: self.cfg.max_seq_len], labels[: self.cfg.max_seq_len]
+            encoded.append((ids, labels))
+        length = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+        labels_t = torch.full((len(encoded), length), -100, dtype=torch.long)
+        attention = torch.zeros((len(encoded), length), dtype=torch.long)
+        for row, (ids, labels) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            labels_t[row, : len(labels)] = torch.tensor(labels, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        pixels, focal = zip(*(self._pixels(index) for index, _, _ in examples))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pixel_values": torch.stack(pixels),
+            "is_focal": torch.tensor(focal, dtype=torch.bool),
+            "labels": labels_t,
+        }
+
+    def batch(self, step: int, micro: int) -> dict[str, Any]:
+        """The collated micro-batch for (step, micro)."""
+        return self.collate(self.examples(step, micro))
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        """Every sample once, default query + long caption, in order."""
+        for start in range(0, len(self.samples), batch_size):
+            indices = range(start, min(start + batch_size, len(self.samples)))
+            yield self.collate([(i, DEFAULT_QUERY, self.samples[i].caption) for i in indices])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def _tokenizer_of(model: Any) -> Any:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("model has no tokenizer attached (build it with from_config(cfg, tokenizer) or from_pretrained)")
+    return tok
+
+
+def _image_size_of(model: Any) -> int:
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision", None) or getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    if size is None:
+        raise ValueError("cannot read the vision image_size from model.config")
+    return int(size)
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up, then cosine to min_lr_ratio."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def _step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in out_dir/checkpoints as (step, path), oldest first; temp folders are ignored."""
+    root = Path(out_dir) / CHECKPOINT_DIRNAME
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir() and (child / TRAINER_STATE).is_file() and (child / "config.json").is_file():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint folder to resume from, per cfg.resume ('auto' -> newest complete one, or None)."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        found = list_checkpoints(cfg.out_dir)
+        return found[-1][1] if found else None
+    path = Path(cfg.resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise ValueError(f"resume path {path} is not a checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_model_folder(model: Any, folder: Path) -> None:
+    """model.save_pretrained into a folder that must not exist yet."""
+    model.save_pretrained(folder)
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(f"save_pretrained wrote no config.json in {folder}")
+
+
+def save_checkpoint(model: Any, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig,
+                    extra_state: dict[str, Any] | None = None) -> Path:
+    """Write out_dir/checkpoints/step-NNNNNNNN atomically (temp folder + os.replace), then prune old ones.
+
+    The folder is a plain DAM checkpoint (official layout; LoRA merged) plus trainer_state.pt holding the
+    optimizer, scheduler, step, RNG states, config and (with LoRA) the unmerged trainable tensors.
+    """
+    import torch
+
+    root = Path(cfg.out_dir) / CHECKPOINT_DIRNAME
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / _step_dir_name(step)
+    tmp = root / f"{_TMP_PREFIX}{final.name}.{os.getpid()}.{time.monotonic_ns()}"
+    _save_model_folder(_plain_for_saving(model, cfg), tmp)
+    state = {
+        "format": STATE_FORMAT,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "config": cfg.to_dict(),
+        # LoRA: the official weights are merged, so resuming needs the unmerged trainable tensors.
+        "trainable_state": (
+            {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad} if cfg.lora_rank else None
+        ),
+        **(extra_state or {}),
+    }
+    torch.save(state, tmp / TRAINER_STATE)
+    if final.exists():  # same step written twice (e.g. a re-run): move the old one aside first
+        old = root / f"{_TMP_PREFIX}old-{final.name}.{time.monotonic_ns()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    for _, stale in list_checkpoints(cfg.out_dir)[: -cfg.keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------------------------- model loading
+
+
+def _load_model(source: Any, device: Any) -> Any:
+    import torch
+
+    from dam_model.modeling import DescribeAnythingModel
+
+    if isinstance(source, (str, Path)):
+        return DescribeAnythingModel.from_pretrained(str(source), device=device, dtype=torch.float32)
+    if isinstance(source, torch.nn.Module):
+        return source.to(device=device, dtype=torch.float32)
+    raise ValueError(f"init_model must be a path or a DescribeAnythingModel, got {type(source).__name__}")
+
+
+def _restore_weights(model: Any, checkpoint: Path, cfg: TrainConfig, state: dict[str, Any], device: Any) -> None:
+    """Load a checkpoint's weights into the (possibly LoRA-wrapped) training model, strictly."""
+    import torch
+
+    if cfg.lora_rank:
+        saved = state.get("trainable_state")
+        if saved is None:
+            raise ValueError(f"{checkpoint} was written without LoRA but the config asks for lora_rank={cfg.lora_rank}")
+        params = dict(model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+        unexpected = [n for n in saved if n not in params]
+        if missing or unexpected:
+            raise ValueError(f"LoRA state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                params[name].copy_(tensor.to(params[name].device))
+        return
+    loaded = _load_model(checkpoint, device)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _resolve_device(cfg: TrainConfig) -> Any:
+    import torch
+
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _autocast(cfg: TrainConfig, device: Any) -> Any:
+    import contextlib
+
+    import torch
+
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _enable_gradient_checkpointing(model: Any) -> bool:
+    for target in (model, getattr(model, "llm", None)):
+        if target is not None and hasattr(target, "gradient_checkpointing_enable"):
+            target.gradient_checkpointing_enable()
+            return True
+    return False
+
+
+class _MetricsLog:
+    """metrics.jsonl appender; on resume, lines from steps after the resumed step are dropped (they are replayed)."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            _atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+def evaluate_loss(model: Any, data: RegionData, cfg: TrainConfig, device: Any, batch_size: int | None = None) -> float:
+    """Token-weighted mean caption loss over `data` (default query + long caption)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in data.eval_batches(batch_size or cfg.batch_size):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with _autocast(cfg, device):
+                loss = model(**batch).loss.float().item()
+            # The model averages over predicted tokens: count the shifted caption tokens to re-weight.
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += loss * n
+            tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _total_steps(cfg: TrainConfig, n_samples: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum_steps
+    return max(1, math.ceil(cfg.epochs * n_samples / per_step))  # type: ignore[operator]
+
+
+def train(
+    cfg: TrainConfig,
+    train_samples: Iterable[Any],
+    val_samples: Iterable[Any] | None = None,
+    init_model: Any = None,
+) -> Path:
+    """Train a DAM and return out_dir/final: a plain DAM folder (official layout) + train_config/metrics/provenance json.
+
+    init_model: a DescribeAnythingModel (random init from `from_config(cfg, tokenizer)`, trained in place)
+    or a checkpoint path (fine-tuning). A resumable checkpoint in out_dir takes precedence for the weights.
+    Samples: TrainingSample, dicts or objects with image/mask/caption(/short_caption) (see as_training_sample).
+    """
+    import torch
+
+    if init_model is None:
+        raise ValueError("init_model is required: a DescribeAnythingModel or a checkpoint folder")
+    start_time = time.time()
+    print("train config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(cfg)
+
+    train_list = [as_training_sample(s) for s in train_samples]
+    val_list = [as_training_sample(s) for s in val_samples] if val_samples is not None else []
+    total_steps = _total_steps(cfg, len(train_list))
+
+    # Seed before building anything random (LoRA init); a resume then restores the exact RNG states.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+
+    model = _load_model(init_model, device)
+    tokenizer = _tokenizer_of(model)
+    image_size = _image_size_of(model)
+    if cfg.lora_rank:
+        apply_lora(model, cfg)
+        model.to(device)
+    trainable = set_trainable(model, cfg)
+    use_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
+    if use_ckpt and not _enable_gradient_checkpointing(model):
+        print("gradient checkpointing requested but the model does not support it; continuing without", flush=True)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
+                                  foreach=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
+
+    start_step = 0
+    checkpoint = find_resume_checkpoint(cfg)
+    if checkpoint is not None:
+        state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{checkpoint}: trainer_state format {state.get('format')} != {STATE_FORMAT}")
+        _restore_weights(model, checkpoint, cfg, state, device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        print(f"resumed from {checkpoint} at step {start_step}", flush=True)
+
+    data = RegionData(train_list, tokenizer, image_size, cfg)
+    val_data = RegionData(val_list, tokenizer, image_size, cfg, augment=False) if val_list else None
+    metrics = _MetricsLog(out_dir / "metrics.jsonl", start_step)
+    print(f"training {total_steps} steps on {len(train_list)} samples, device {device}, "
+          f"trainable {json.dumps(trainable)}", flush=True)
+
+    bar = None
+    if cfg.progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    last_loss = float("nan")
+    window: list[float] = []
+    val_loss = None
+    step_time = time.time()
+    for step in range(start_step, total_steps):
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum_steps):
+            batch = {k: v.to(device) for k, v in data.batch(step, micro).items()}
+            with _autocast(cfg, device):
+                loss = model(**batch).loss
+            (loss.float() / cfg.grad_accum_steps).backward()
+            step_loss += loss.item() / cfg.grad_accum_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        last_loss = step_loss
+        window.append(step_loss)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"loss is {step_loss} at step {done}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        if val_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+            val_loss = evaluate_loss(model, val_data, cfg, device)
+            metrics.write({"step": done, "val_loss": val_loss})
+        if done % max(cfg.log_every, 1) == 0 or done == total_steps:
+            now = time.time()
+            metrics.write({
+                "step": done,
+                "loss": sum(window) / len(window),
+                "last_loss": step_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "sec_per_step": (now - step_time) / len(window),
+            })
+            if bar is None and cfg.progress and cfg.log_every:
+                print(f"step {done}/{total_steps} loss {sum(window) / len(window):.4f}", flush=True)
+            window, step_time = [], now
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total_steps:
+            save_checkpoint(model, optimizer, scheduler, done, cfg)
+    if bar is not None:
+        bar.close()
+
+    final_metrics: dict[str, Any] = {"steps": total_steps, "train_loss_last": last_loss,
+                                     "train_samples": len(train_list), "seconds": round(time.time() - start_time, 1)}
+    if val_data is not None:
+        val_loss = evaluate_loss(model, val_data, cfg, device)
+        final_metrics["val_loss"] = val_loss
+        metrics.write({"step": total_steps, "val_loss": val_loss})
+    return write_final(model, cfg, final_metrics)
+
+
+def write_final(model: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
+    """out_dir/final: plain DAM folder + train_config.json, metrics.json, provenance.json (atomic replace)."""
+    out_dir = Path(cfg.out_dir)
+    final = out_dir / FINAL_DIRNAME
+    tmp = out_dir / f"{_TMP_PREFIX}{FINAL_DIRNAME}.{os.getpid()}.{time.monotonic_ns()}"
+    _save_model_folder(_plain_for_saving(model, cfg), tmp)
+    (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    provenance = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": _git_commit(),
+        "training_code_version": training_code_version(),
+        "train_config": cfg.to_dict(),
+        "metrics": metrics,
+        **({"extra": cfg.extra} if cfg.extra else {}),
+    }
+    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    if final.exists():
+        old = out_dir / f"{_TMP_PREFIX}old-{FINAL_DIRNAME}.{time.monotonic_ns()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def training_code_version() -> str:
+    """Hash of the training and augmentation sources (part of the tiny model's cache key)."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in ("training.py", "augment.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `python -m dam_model train` (every TrainConfig field that makes sense on a command line)."""
+    parser.add_argument("--init", required=True, help="DAM checkpoint folder to start from")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="JSONL manifest: one {image, mask, caption[, short_caption]} per line "
+                                     "(image/mask are file paths relative to the manifest)")
+    data.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic scenes (dam_model.synthetic)")
+    parser.add_argument("--val-data", help="JSONL manifest of validation samples")
+    parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic scenes")
+    parser.add_argument("--config", help="JSON file with TrainConfig fields (command-line flags override it)")
+    for name, kind, default in (("lr", float, None), ("max-steps", int, None), ("epochs", float, None),
+                                ("batch-size", int, None), ("grad-accum-steps", int, None),
+                                ("warmup-steps", int, None), ("weight-decay", float, None), ("seed", int, None),
+                                ("lora-rank", int, None), ("checkpoint-every", int, None), ("keep-last", int, None),
+                                ("log-every", int, None), ("num-threads", int, None)):
+        parser.add_argument(f"--{name}", type=kind, default=default)
+    parser.add_argument("--resume", default=None, help="'auto' (default), 'none' or a checkpoint folder")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_manifest(path: str | Path) -> list[TrainingSample]:
+    """Read a JSONL manifest of {image, mask, caption[, short_caption]} (paths relative to the manifest)."""
+    from PIL import Image
+
+    path = Path(path)
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image = np.asarray(Image.open(path.parent / row["image"]).convert("RGB"))
+            mask = np.asarray(Image.open(path.parent / row["mask"]).convert("L")) > 0
+            samples.append(TrainingSample(image, mask, row["caption"], row.get("short_caption")))
+        except (KeyError, ValueError, OSError) as err:
+            raise ValueError(f"{path}:{number}: {err}") from err
+    return samples
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry of `python -m dam_model train`; returns the exit code."""
+    fields: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    fields["out_dir"] = args.out
+    for name in ("lr", "max_steps", "epochs", "batch_size", "grad_accum_steps", "warmup_steps", "weight_decay",
+                 "seed", "lora_rank", "checkpoint_every", "keep_last", "log_every", "num_threads", "resume",
+                 "device", "dtype"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.no_progress:
+        fields["progress"] = False
+    try:
+        cfg = TrainConfig.from_dict(fields)
+    except (TypeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.data:
+        samples: list[Any] = load_manifest(args.data)
+    else:
+        from dam_model.synthetic import iter_region_samples
+
+        samples = list(iter_region_samples(seed=args.synthetic_seed, n_scenes=args.synthetic))
+    val = load_manifest(args.val_data) if args.val_data else None
+    final = train(cfg, samples, val, init_model=args.init)
+    print(f"model written to {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train a DAM on (image, mask, caption) samples")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
