@@ -111,6 +111,8 @@ class TrainConfig:
     """torch.set_num_threads value (0 = leave torch's default)."""
     progress: bool = True
     """Show a tqdm bar (only when stderr is a terminal)."""
+    global_only: bool = False
+    """Ablation: every region takes the plain path (full view + mask, no focal crop, no adapters)."""
     cache_preprocessed: bool = True
     """Preprocess every sample once and keep the 8-channel tensors in memory (float16) instead of per step."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -318,7 +320,9 @@ class RegionData:
     """
 
     def __init__(self, samples: Sequence[TrainingSample], tokenizer: Any, image_size: int, cfg: TrainConfig,
-                 augment: bool = True) -> None:
+                 augment: bool = True, global_only: bool = False) -> None:
+        from dam_model.focal import normalisation_lut
+
         if not samples:
             raise ValueError("no training samples")
         self.samples = list(samples)
@@ -326,6 +330,9 @@ class RegionData:
         self.image_size = image_size
         self.cfg = cfg
         self.augment = augment
+        # Ablation: every sample takes the plain path (global view + mask only, no focal crop, no adapters).
+        self.global_only = global_only
+        self._lut = normalisation_lut()
         self._cache: dict[int, tuple[Any, bool]] = {}
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
@@ -337,21 +344,21 @@ class RegionData:
         return len(self.samples)
 
     def _pixels(self, index: int) -> tuple[Any, bool]:
-        """8-channel tensor [8, S, S] float32 and is_focal for one sample (cached as float16 when enabled)."""
+        """8-channel tensor [8, S, S] float32 and is_focal for one sample (cached as the exact uint8 levels)."""
         import torch
 
-        from dam_model.focal import preprocess_regions
+        from dam_model.focal import normalisation_lut, preprocess_regions
 
-        if index in self._cache:
-            pixels, focal = self._cache[index]
-            return pixels.float(), focal
-        sample = self.samples[index]
-        regions = preprocess_regions(sample.image, [sample.mask], self.image_size)
-        pixels = torch.as_tensor(np.asarray(regions.pixel_values[0]), dtype=torch.float32)
-        focal = bool(np.asarray(regions.is_focal)[0])
-        if self.cfg.cache_preprocessed:
-            self._cache[index] = (pixels.half(), focal)
-        return pixels, focal
+        if index not in self._cache:
+            sample = self.samples[index]
+            regions = preprocess_regions(sample.image, [sample.mask], self.image_size)
+            levels = torch.as_tensor(np.asarray(regions.pixel_values_u8[0]))
+            focal = bool(np.asarray(regions.is_focal)[0]) and not self.global_only
+            if not self.cfg.cache_preprocessed:
+                return torch.as_tensor(self._lut[levels.numpy()]), focal
+            self._cache[index] = (levels, focal)
+        levels, focal = self._cache[index]
+        return torch.as_tensor(self._lut[levels.numpy()]), focal
 
     def _sample_index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.samples))
@@ -737,8 +744,9 @@ def train(
         start_step = int(state["step"])
         print(f"resumed from {checkpoint} at step {start_step}", flush=True)
 
-    data = RegionData(train_list, tokenizer, image_size, cfg)
-    val_data = RegionData(val_list, tokenizer, image_size, cfg, augment=False) if val_list else None
+    data = RegionData(train_list, tokenizer, image_size, cfg, global_only=cfg.global_only)
+    val_data = (RegionData(val_list, tokenizer, image_size, cfg, augment=False, global_only=cfg.global_only)
+                if val_list else None)
     metrics = _MetricsLog(out_dir / "metrics.jsonl", start_step)
     print(f"training {total_steps} steps on {len(train_list)} samples, device {device}, "
           f"trainable {json.dumps(trainable)}", flush=True)
