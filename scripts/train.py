@@ -1,0 +1,237 @@
+"""Step 4 of the loop: fine-tune the serving checkpoint on a built dataset with the shared module dam_model.training.
+
+- Starts from ``--init`` (default: the version current.json points at under MODELS_ROOT).
+- Full fine-tuning, or LoRA on the LLM (``--lora-rank R``, peft; merged into the weights on save).
+- ``--trainable`` picks the parts that learn: llm, projector, adapters (focal cross-attention + MLP + gates),
+  vision, mask_embedding.
+- bf16 autocast and gradient checkpointing by default on CUDA (``--dtype``, ``--gradient-checkpointing``); fp32 on CPU.
+- Output folder (default ``<work root>/train/<snapshot id>-<config hash>``) is stable for a given snapshot, start
+  model and configuration, so a killed run started again with the same arguments resumes from its last checkpoint
+  (``--resume auto``, the default).
+- The result is ``<out>/final/``: a plain DAM folder in the official layout + train_config.json, metrics.json and
+  provenance.json (git commit, snapshot id, dataset, config, metrics).
+
+Usage::
+
+    python -m scripts.train --work-root loop_work --max-steps 200             # single process (CPU or one GPU)
+
+Several GPUs: ``accelerate launch -m scripts.train ...`` is accepted only once dam_model.training supports
+distributed data parallel; until then a multi-process launch stops with exit code 2 (see ``check_world_size``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from scripts.loop_common import (
+    EXIT_FAILURE,
+    EXIT_PROMOTED,
+    BadArguments,
+    LoopError,
+    NoSamples,
+    add_log_level_arg,
+    add_models_root_arg,
+    add_work_root_arg,
+    env_default,
+    env_float,
+    env_int,
+    git_commit,
+    positive_int,
+    read_json,
+    setup_logging,
+)
+
+log = logging.getLogger("scripts.train")
+
+#: --trainable names -> TrainConfig flags
+PART_FLAGS = {
+    "llm": "train_llm",
+    "projector": "train_projector",
+    "adapters": "train_context_provider",
+    "vision": "train_vision",
+    "mask_embedding": "train_mask_embedding",
+}
+DEFAULT_TRAINABLE = "llm,projector,adapters,mask_embedding"
+
+
+def check_world_size() -> None:
+    """Refuse a multi-process launch: dam_model.training runs one process (every rank would train alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise BadArguments(
+            f"WORLD_SIZE={world}: dam_model.training has no distributed data parallel yet; run one process per machine"
+        )
+
+
+def parse_trainable(text: str) -> dict[str, bool]:
+    """'llm,projector' -> {train_llm: True, train_projector: True, others False}."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PART_FLAGS]
+    if unknown:
+        raise BadArguments(f"unknown trainable part(s) {unknown}; choose from {sorted(PART_FLAGS)}")
+    return {flag: name in names for name, flag in PART_FLAGS.items()}
+
+
+def resolve_init(init: str | None, models_root: str) -> Path:
+    """The start checkpoint: --init, else the serving version of MODELS_ROOT."""
+    if init:
+        path = Path(init)
+    else:
+        from scripts.promote import champion_dir
+
+        path = champion_dir(models_root)
+        if path is None:
+            raise BadArguments(f"no --init and nothing promoted in {models_root} yet: pass --init (the starting model)")
+    if not (path / "config.json").exists():
+        raise BadArguments(f"{path} is not a DAM model folder (no config.json)")
+    return path
+
+
+def load_split(dataset_dir: Path, split: str, include_pseudo: bool = True) -> list[dict[str, Any]]:
+    """Training dicts {image HxWx3 uint8, mask HxW bool, caption, ...} of one split (pseudo labels only in train)."""
+    from scripts.build import load_samples, read_image, read_mask
+
+    rows = load_samples(dataset_dir, split, include_pseudo=include_pseudo)
+    images: dict[str, Any] = {}
+    out = []
+    for row in rows:
+        if row["image_path"] not in images:
+            images[row["image_path"]] = read_image(row["image_path"])
+        out.append({**row, "image": images[row["image_path"]], "mask": read_mask(row["mask_path"])})
+    return out
+
+
+def default_out_dir(work_root: Path, dataset_dir: Path, init: Path, config: dict[str, Any]) -> Path:
+    """Stable per (dataset, start model, config) so a re-run after a crash resumes instead of starting over."""
+    stable = {k: v for k, v in config.items() if k not in ("out_dir", "resume", "progress", "device", "num_threads", "extra")}
+    digest = hashlib.sha256(json.dumps([str(dataset_dir.resolve()), str(init.resolve()), stable], sort_keys=True).encode())
+    return Path(work_root) / "train" / f"{dataset_dir.name}-{digest.hexdigest()[:10]}"
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train and return the final model folder."""
+    from dam_model.training import TrainConfig, train
+
+    check_world_size()
+    work_root = Path(args.work_root)
+    dataset_dir = Path(args.dataset) if args.dataset else None
+    if dataset_dir is None:
+        manifest = work_root / "manifest.json"
+        if not manifest.exists():
+            raise BadArguments("no --dataset and no pulled snapshot in the work root")
+        dataset_dir = work_root / "datasets" / read_json(manifest)["snapshot_id"]
+    if not (dataset_dir / "dataset.json").exists():
+        raise BadArguments(f"{dataset_dir} is not a built dataset (no dataset.json): run scripts.build")
+    init = resolve_init(args.init, args.models_root)
+    train_rows = load_split(dataset_dir, "train", include_pseudo=not args.no_pseudo)
+    val_rows = load_split(dataset_dir, "val", include_pseudo=False) if args.val_loss else []
+    if not train_rows:
+        raise NoSamples(f"{dataset_dir} has no training samples")
+    dataset_info = read_json(dataset_dir / "dataset.json")
+    fields: dict[str, Any] = {
+        "out_dir": "-",
+        "lr": args.lr,
+        "max_steps": args.max_steps,
+        "epochs": None if args.max_steps else args.epochs,
+        "batch_size": args.batch_size,
+        "grad_accum_steps": args.grad_accum_steps,
+        "warmup_steps": args.warmup_steps,
+        "seed": args.seed,
+        "lora_rank": args.lora_rank,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "resume": args.resume,
+        "device": args.device,
+        "dtype": args.dtype,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "num_threads": args.num_threads,
+        "progress": not args.no_progress,
+        **parse_trainable(args.trainable),
+    }
+    out_dir = Path(args.out) if args.out else default_out_dir(work_root, dataset_dir, init, fields)
+    fields["out_dir"] = str(out_dir)
+    fields["extra"] = {
+        "snapshot_id": dataset_info.get("snapshot_id"),
+        "dataset": str(dataset_dir),
+        "dataset_counts": dataset_info.get("counts", {}),
+        "init_model": str(init),
+        "pseudo_samples": sum(r.get("source") == "pseudo" for r in train_rows),
+        "loop_git_commit": git_commit(),
+    }
+    try:
+        cfg = TrainConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise BadArguments(str(exc)) from exc
+    log.info("training from %s on %d samples (%d val) into %s", init, len(train_rows), len(val_rows), out_dir)
+    final = Path(train(cfg, train_rows, val_rows or None, init_model=str(init)))
+    log.info("candidate written to %s", final)
+    return final
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """Training options shared with scripts.nightly (deployment settings also from env)."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--init", default=env_default("INIT_MODEL"), help="start checkpoint (default: the serving version; env INIT_MODEL)")
+    g.add_argument("--max-steps", type=positive_int, default=env_int("TRAIN_MAX_STEPS", None), help="optimizer steps (env TRAIN_MAX_STEPS)")
+    g.add_argument("--epochs", type=float, default=env_float("TRAIN_EPOCHS", 1.0), help="passes when --max-steps is unset (env TRAIN_EPOCHS)")
+    g.add_argument("--lr", type=float, default=env_float("TRAIN_LR", 1e-4), help="peak learning rate (env TRAIN_LR)")
+    g.add_argument("--batch-size", type=positive_int, default=env_int("TRAIN_BATCH_SIZE", 8), help="regions per micro-batch (env TRAIN_BATCH_SIZE)")
+    g.add_argument("--grad-accum-steps", type=positive_int, default=env_int("TRAIN_GRAD_ACCUM", 1), help="micro-batches per step (env TRAIN_GRAD_ACCUM)")
+    g.add_argument("--warmup-steps", type=int, default=env_int("TRAIN_WARMUP_STEPS", 0), help="linear warm-up steps")
+    g.add_argument("--seed", type=int, default=env_int("TRAIN_SEED", 0), help="data order / augmentation seed")
+    g.add_argument("--lora-rank", type=int, default=env_int("TRAIN_LORA_RANK", 0), help="LoRA rank on the LLM (0 = full fine-tune; env TRAIN_LORA_RANK)")
+    g.add_argument(
+        "--trainable", default=env_default("TRAIN_PARTS", DEFAULT_TRAINABLE),
+        help=f"comma list of parts that learn: {', '.join(PART_FLAGS)} (env TRAIN_PARTS; default {DEFAULT_TRAINABLE})",
+    )
+    g.add_argument("--checkpoint-every", type=int, default=env_int("TRAIN_CHECKPOINT_EVERY", 50), help="steps between resumable checkpoints")
+    g.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
+    g.add_argument("--resume", default="auto", help="'auto' (newest checkpoint in the output folder), 'none' or a checkpoint folder")
+    g.add_argument("--device", default=env_default("DEVICE", "auto"), help="auto, cpu, cuda, cuda:1 (env DEVICE)")
+    g.add_argument("--dtype", default=env_default("TRAIN_DTYPE", "auto"), choices=["auto", "float32", "bfloat16"], help="auto = bf16 autocast on CUDA")
+    g.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+        help="recompute activations (default: on with CUDA, off on CPU)",
+    )
+    g.add_argument("--num-threads", type=int, default=env_int("TORCH_NUM_THREADS", 0), help="torch threads on CPU (0 = torch default)")
+    g.add_argument("--no-pseudo", action="store_true", help="ignore pseudo-labelled samples")
+    g.add_argument("--val-loss", action="store_true", help="also report the validation loss after training")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_work_root_arg(parser)
+    add_models_root_arg(parser)
+    parser.add_argument("--dataset", type=Path, help="built dataset folder (default: the latest snapshot's)")
+    parser.add_argument("--out", type=Path, help="training output folder (default: stable name under <work root>/train)")
+    add_train_args(parser)
+    add_log_level_arg(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        final = run(args)
+    except LoopError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("training failed")
+        return EXIT_FAILURE
+    print(json.dumps({"candidate": str(final)}))
+    return EXIT_PROMOTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
