@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -227,6 +227,14 @@ def as_training_sample(obj: Any) -> TrainingSample:
     if not long_caption:
         raise ValueError(f"sample {type(obj).__name__} has no caption")
     return TrainingSample(image=image, mask=mask, caption=long_caption, short_caption=get("short_caption"))
+
+
+def synthetic_training_samples(seed: int, n_scenes: int, **scene_kwargs: Any) -> list[TrainingSample]:
+    """One TrainingSample (long + short caption) per object of scenes (seed, 0..n_scenes-1) of dam_model.synthetic."""
+    from dam_model.synthetic import generate_dataset
+
+    return [TrainingSample(scene.image, obj.mask, obj.long_caption, obj.short_caption)
+            for scene in generate_dataset(seed, n_scenes, **scene_kwargs) for obj in scene.objects]
 
 
 # --------------------------------------------------------------------------------------------- model parts
@@ -688,12 +696,15 @@ def train(
     train_samples: Iterable[Any],
     val_samples: Iterable[Any] | None = None,
     init_model: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Train a DAM and return out_dir/final: a plain DAM folder (official layout) + train_config/metrics/provenance json.
 
     init_model: a DescribeAnythingModel (random init from `from_config(cfg, tokenizer)`, trained in place)
     or a checkpoint path (fine-tuning). A resumable checkpoint in out_dir takes precedence for the weights.
     Samples: TrainingSample, dicts or objects with image/mask/caption(/short_caption) (see as_training_sample).
+    on_step(step, loss) runs after every optimizer step and its checkpoint (a hook for callers and for tests
+    that simulate a kill by raising).
     """
     import torch
 
@@ -801,6 +812,8 @@ def train(
             window, step_time = [], now
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total_steps:
             save_checkpoint(model, optimizer, scheduler, done, cfg)
+        if on_step is not None:
+            on_step(done, step_loss)
     if bar is not None:
         bar.close()
 
@@ -927,9 +940,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.data:
         samples: list[Any] = load_manifest(args.data)
     else:
-        from dam_model.synthetic import iter_region_samples
-
-        samples = list(iter_region_samples(seed=args.synthetic_seed, n_scenes=args.synthetic))
+        samples = synthetic_training_samples(args.synthetic_seed, args.synthetic)
     val = load_manifest(args.val_data) if args.val_data else None
     final = train(cfg, samples, val, init_model=args.init)
     print(f"model written to {final}")

@@ -1,0 +1,270 @@
+"""Build (or reuse) the tiny trained DAM: the project's offline default model.
+
+    python -m scripts.build_tiny_model [--profile default|ci] [--out DIR] [--force]
+
+Steps (all seeded, nothing downloaded):
+1. synthetic training regions from `dam_model.synthetic` (train seed), held-out regions (another seed);
+2. a sentencepiece tokenizer trained on the training captions + every augmented prompt text;
+3. a tiny DAM from random init, trained with `dam_model.training.train` (prompt augmentation, checkpoints);
+4. greedy captions on the held-out seed, scored with the exact RuleJudge (DLC-style report with by-size scores).
+
+The result is cached under ${DAM_CACHE_DIR:-~/.cache/dam-label-studio}/tiny-dam/<key>/ where key hashes the
+profile, the synthetic generator version and the training code version; `tiny-dam/latest` (default profile)
+or `tiny-dam/latest-<profile>` is a symlink to the newest build. A second call with the same key only
+prints the path. An interrupted build resumes from its last checkpoint.
+
+Layout of a build folder: model/ (official DAM layout + tokenizer, train_config/metrics/provenance json),
+eval_report.json, build.json.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BUILD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that decides a tiny model (hashed into the cache key)."""
+
+    name: str
+    model: dict[str, Any]
+    """Keyword arguments of DAMConfig.tiny (vocab_size is set from the trained tokenizer)."""
+    train: dict[str, Any]
+    """TrainConfig fields (out_dir is set by the builder)."""
+    vocab_size: int
+    train_seed: int
+    train_scenes: int
+    eval_seed: int
+    eval_scenes: int
+    max_new_tokens: int = 64
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the synthetic generator."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        name="default",
+        model=dict(image_size=64, patch_size=8, vision_hidden_size=96, vision_intermediate_size=192, vision_layers=3,
+                   vision_heads=4, adapter_intermediate_size=192, llm_hidden_size=192, llm_intermediate_size=512,
+                   llm_layers=3, llm_heads=6, max_position_embeddings=512),
+        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=100, max_steps=3000, batch_size=16,
+                   train_vision=True, checkpoint_every=250, keep_last=2, log_every=50, num_threads=2,
+                   default_prompt_fraction=0.5, seed=0),
+        vocab_size=512,
+        train_seed=1000,
+        train_scenes=600,
+        eval_seed=9000,
+        eval_scenes=40,
+    ),
+    "ci": Profile(
+        name="ci",
+        model=dict(image_size=64, patch_size=8, vision_hidden_size=64, vision_intermediate_size=128, vision_layers=3,
+                   vision_heads=4, adapter_intermediate_size=128, llm_hidden_size=128, llm_intermediate_size=256,
+                   llm_layers=2, llm_heads=4, max_position_embeddings=512),
+        train=dict(lr=3e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=700, batch_size=16,
+                   train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
+                   default_prompt_fraction=0.5, seed=0),
+        vocab_size=448,
+        train_seed=1000,
+        train_scenes=300,
+        eval_seed=9000,
+        eval_scenes=20,
+    ),
+}
+
+
+def cache_root() -> Path:
+    """${DAM_CACHE_DIR:-~/.cache/dam-label-studio}/tiny-dam."""
+    base = os.environ.get("DAM_CACHE_DIR") or str(Path.home() / ".cache" / "dam-label-studio")
+    return Path(base).expanduser() / "tiny-dam"
+
+
+def cache_key(profile: Profile) -> str:
+    """Hash of (profile, synthetic generator version, training code version, build format)."""
+    from dam_model import synthetic
+    from dam_model.training import training_code_version
+
+    payload = json.dumps({
+        "profile": profile.to_dict(),
+        "generator": getattr(synthetic, "GENERATOR_VERSION", None),
+        "training": training_code_version(),
+        "build": BUILD_FORMAT,
+    }, sort_keys=True)
+    return f"{profile.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def latest_link_name(profile: Profile) -> str:
+    return "latest" if profile.name == "default" else f"latest-{profile.name}"
+
+
+def region_samples(seed: int, n_scenes: int, **scene_kwargs: Any) -> list[Any]:
+    """TrainingSample per object of `n_scenes` synthetic scenes from `seed` (long + short captions)."""
+    from dam_model.training import synthetic_training_samples
+
+    return synthetic_training_samples(seed, n_scenes, **scene_kwargs)
+
+
+def train_tiny_tokenizer(samples: list[Any], vocab_size: int, out_dir: Path) -> Any:
+    """Sentencepiece tokenizer on the captions, the augmented prompts and the conversation template."""
+    from dam_model.augment import prompt_vocabulary_texts
+    from dam_model.prompt import build_prompt
+    from dam_model.tokenizer import train_tokenizer
+    from dam_model.training import as_training_sample
+
+    texts: list[str] = []
+    for raw in samples:
+        sample = as_training_sample(raw)
+        texts.append(sample.caption)
+        if sample.short_caption:
+            texts.append(sample.short_caption)
+    texts += prompt_vocabulary_texts()
+    texts.append(build_prompt("Describe the masked region in detail."))
+    from dam_model.tokenizer import load_tokenizer
+
+    return load_tokenizer(train_tokenizer(texts, vocab_size, out_dir))
+
+
+def evaluate_model(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False) -> dict[str, Any]:
+    """Greedy captions for every held-out region, scored by the exact RuleJudge (DLC-style report)."""
+    from dam_model.evaluation import RuleJudge, evaluate_captions
+
+    captions = generate_captions(model, samples, max_new_tokens, global_only=global_only)
+    report = evaluate_captions(samples, captions, RuleJudge())
+    return report if isinstance(report, dict) else report.to_dict()
+
+
+def generate_captions(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False) -> list[str]:
+    """Greedy caption per region (default query). global_only forces the plain path (ablation)."""
+    import torch
+
+    from dam_model.training import as_training_sample
+
+    model.eval()
+    captions = []
+    with torch.no_grad():
+        for raw in samples:
+            sample = as_training_sample(raw)
+            if global_only:
+                captions.append(_greedy_global(model, sample, max_new_tokens))
+            else:
+                out = model.describe(sample.image, [sample.mask], max_new_tokens=max_new_tokens, temperature=0.0)
+                captions.append(out[0].text)
+    return captions
+
+
+def _greedy_global(model: Any, sample: Any, max_new_tokens: int) -> str:
+    raise NotImplementedError
+
+
+def build(profile: Profile, out: Path | None = None, force: bool = False) -> Path:
+    """Build the tiny model for `profile` (or reuse the cached one); returns the model folder."""
+    import torch
+
+    from dam_model.config import DAMConfig
+    from dam_model.modeling import DescribeAnythingModel
+    from dam_model.training import TrainConfig, train
+
+    torch.set_num_threads(2)
+    key = cache_key(profile)
+    target = out if out is not None else cache_root() / key
+    model_dir = target / "model"
+    if (target / "build.json").is_file() and not force:
+        print(f"tiny model ({profile.name}) cached: {model_dir}")
+        _link_latest(profile, target, out)
+        return model_dir
+
+    started = time.time()
+    work = target.parent / f".build-{target.name}"  # kept on failure: the next run resumes its checkpoints
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"building tiny model ({profile.name}) in {work}", flush=True)
+    train_samples = region_samples(profile.train_seed, profile.train_scenes, **profile.synthetic)
+    eval_samples = region_samples(profile.eval_seed, profile.eval_scenes, **profile.synthetic)
+    tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, work / "tokenizer")
+    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
+    torch.manual_seed(profile.train["seed"])
+    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=vocab, **profile.model), tokenizer=tokenizer)
+    cfg = TrainConfig(out_dir=str(work / "train"), **profile.train,
+                      extra={"profile": profile.name, "cache_key": key, "train_seed": profile.train_seed,
+                             "train_scenes": profile.train_scenes})
+    final = train(cfg, train_samples, init_model=model)
+    train_seconds = time.time() - started
+
+    trained = DescribeAnythingModel.from_pretrained(str(final), device="cpu", dtype=torch.float32)
+    eval_started = time.time()
+    report = evaluate_model(trained, eval_samples, profile.max_new_tokens)
+    eval_seconds = time.time() - eval_started
+    build_info = {"profile": profile.to_dict(), "cache_key": key, "train_seconds": round(train_seconds, 1),
+                  "eval_seconds": round(eval_seconds, 1), "eval_seed": profile.eval_seed,
+                  "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    staging = target.parent / f".staging-{target.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copytree(final, staging / "model")
+    (staging / "eval_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    (staging / "build.json").write_text(json.dumps(build_info, indent=2, sort_keys=True))
+    if target.exists():
+        old = target.parent / f".old-{target.name}.{os.getpid()}"
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    shutil.rmtree(work, ignore_errors=True)
+    _link_latest(profile, target, out)
+    print_summary(report, build_info)
+    print(f"tiny model ({profile.name}) written to {model_dir}")
+    return model_dir
+
+
+def print_summary(report: dict[str, Any], build_info: dict[str, Any]) -> None:
+    """One line per headline figure of the eval report."""
+    print(f"train {build_info['train_seconds']} s, eval {build_info['eval_seconds']} s")
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, list)}, sort_keys=True))
+
+
+def _link_latest(profile: Profile, target: Path, out: Path | None) -> None:
+    if out is not None:
+        return
+    link = target.parent / latest_link_name(profile)
+    tmp = target.parent / f".{link.name}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target.name)
+    os.replace(tmp, link)
+
+
+def ensure_tiny_model(profile: str = "default") -> Path:
+    """The tiny model folder for `profile`, building it when the cache lacks it (used by tests and the demo)."""
+    return build(PROFILES[profile])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    parser.add_argument("--out", type=Path, default=None, help="build folder (default: the cache, keyed by hash)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    args = parser.parse_args(argv)
+    build(PROFILES[args.profile], out=args.out, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
