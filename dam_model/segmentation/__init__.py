@@ -1,0 +1,62 @@
+"""Segmentation for DAM: clicks and boxes -> masks, video masklets, automatic masks.
+
+- `Sam2Segmenter` (SAM 2.1 through the `sam2` package) with an image-embedding cache;
+- `RegionGrowSegmenter`, a classical colour region-growing fallback for machines without SAM 2 weights;
+- `build_segmenter(kind="sam2" | "region", **kw)` picks one; `sample_frames` picks DAM's video frames.
+Importing this package is cheap: torch and sam2 load when a SAM 2 segmenter is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+from .cache import CacheStats, EmbeddingCache, image_key
+from .region_grow import RegionGrowSegmenter
+from .sam2_segmenter import (
+    CheckpointMismatchError,
+    ImageEmbedding,
+    Sam2Segmenter,
+    build_sam2_model,
+    load_checkpoint_strict,
+    resolve_config,
+    valid_config_names,
+)
+from .types import MaskPrediction, VideoPrompt
+from .video import FrameStore, load_frames, sample_frames, track_video
+
+SEGMENTER_KINDS = ("sam2", "region")
+
+
+def build_segmenter(kind: str = "sam2", **kwargs: Any) -> Union[Sam2Segmenter, RegionGrowSegmenter]:
+    """Build a segmenter by kind.
+
+    kind="sam2":   kwargs of `Sam2Segmenter.from_checkpoint` (config_name, checkpoint, device, dtype, image_size, ...).
+    kind="region": kwargs of `RegionGrowSegmenter` (tolerance, min_component_fraction); the offline fallback.
+    """
+    if kind == "sam2":
+        return Sam2Segmenter.from_checkpoint(**kwargs)
+    if kind == "region":
+        return RegionGrowSegmenter(**kwargs)
+    raise ValueError(f"unknown segmenter kind {kind!r}; valid kinds: {', '.join(SEGMENTER_KINDS)}")
+
+
+__all__ = [
+    "CacheStats",
+    "CheckpointMismatchError",
+    "EmbeddingCache",
+    "FrameStore",
+    "ImageEmbedding",
+    "MaskPrediction",
+    "RegionGrowSegmenter",
+    "SEGMENTER_KINDS",
+    "Sam2Segmenter",
+    "VideoPrompt",
+    "build_sam2_model",
+    "build_segmenter",
+    "image_key",
+    "load_checkpoint_strict",
+    "load_frames",
+    "resolve_config",
+    "sample_frames",
+    "track_video",
+    "valid_config_names",
+]
