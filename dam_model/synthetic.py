@@ -570,3 +570,30 @@ def iter_video_region_samples(videos: Iterable[VideoScene], caption: str = "long
         for obj in video.objects:
             text = obj.long_caption if caption == "long" else obj.short_caption
             yield VideoRegionSample(video.frames, obj.masks, text, obj.attributes, obj.size_bucket)
+
+
+MODEL_ERRORS: tuple[str, ...] = ("none", "color", "shape", "size", "position", "context", "short")
+
+
+def perturbed_caption(attributes: dict[str, Any], rng: np.random.Generator,
+                      error: str | None = None) -> tuple[str, str]:
+    """A plausible imperfect model caption for an object, and the kind of error made.
+
+    error: one of MODEL_ERRORS ("none": the reference long caption; "color" / "shape" / "size" / "position":
+    that attribute swapped for another value; "context": the context sentence dropped; "short": only the short
+    caption), or None to draw one. Used to emit "model caption vs corrected caption" pairs.
+    """
+    if error is None:
+        error = MODEL_ERRORS[int(rng.integers(len(MODEL_ERRORS)))]
+    if error not in MODEL_ERRORS:
+        raise ValueError(f"unknown error kind {error!r}; expected one of {MODEL_ERRORS}")
+    wrong = dict(attributes)
+    pools = {"color": list(COLORS), "shape": list(SHAPES), "size": list(SIZES), "position": list(POSITIONS)}
+    if error in pools:
+        others = [v for v in pools[error] if v != attributes[error]]
+        wrong[error] = others[int(rng.integers(len(others)))]
+    elif error == "context":
+        wrong["context"] = None
+    elif error == "short":
+        return short_caption(attributes), error
+    return long_caption(wrong), error

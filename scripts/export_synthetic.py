@@ -1,0 +1,275 @@
+"""Export synthetic scenes as Label Studio tasks and annotations (both S3 export formats).
+
+    python -m scripts.export_synthetic --seed 7 --n 20 --out DIR [--format annotation|task|both]
+        [--image-url-prefix PREFIX] [--caption long|short] [--with-model-captions] [--size 96x64]
+
+Writes, under DIR:
+- ``images/<scene id>.png``: the scene images;
+- ``tasks.json``: tasks for import, ``data.image`` = PREFIX + file name (default "images/"), with the model's
+  predictions when --with-model-captions is given;
+- ``<key prefix>/...``: what Label Studio's S3 target storage would hold once every task is annotated:
+  ``annotation`` format: one object per annotation, key ``<prefix>/<annotation id>`` (no extension), JSON = the
+  annotation with result, completed_by, timestamps, parent_prediction and the task (data included);
+  ``task`` format (FUTURE_SAVE_TASK_TO_STORAGE): key ``<prefix>/<task id>.json``, the task with its annotations.
+
+Each object of a scene becomes one region: a brushlabels result (RLE, foreground 255) followed by a textarea
+result with the SAME full uuid4 id holding the reference caption (the "corrected" caption). With
+--with-model-captions every task also carries a prediction whose captions are plausible model mistakes
+(``dam_model.synthetic.perturbed_caption``) and each annotation names it as parent_prediction, as when an
+annotator corrects the backend's suggestion. Everything is deterministic in (seed, index).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from dam_model.synthetic import Scene, generate_dataset, perturbed_caption
+
+FORMATS = ("annotation", "task")
+_EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+_ANNOTATOR = {"id": 1, "first_name": "", "last_name": "", "email": "annotator@example.com"}
+
+
+def _encode_rle(mask: np.ndarray) -> list[int]:
+    """Label Studio brush RLE of a bool HxW mask, foreground 255.
+
+    Prefers backend.rle (the project's vectorised codec, byte-identical to the SDK's); falls back to the SDK's
+    reference codec (label_studio_sdk.converter.brush.mask2rle) when backend.rle is absent, because the backend
+    is built separately and this exporter (and its tests) must also work in a checkout without it.
+    """
+    levels = np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)
+    try:
+        from backend.rle import encode_rle
+    except ImportError:
+        from label_studio_sdk.converter.brush import mask2rle
+
+        return [int(v) for v in mask2rle(levels)]
+    return [int(v) for v in encode_rle(levels)]
+
+
+def _timestamp(offset_s: float) -> str:
+    """Label Studio's timestamp style, e.g. 2026-01-01T00:00:07.000000Z, from a fixed epoch (deterministic)."""
+    return (_EPOCH + dt.timedelta(seconds=offset_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def region_ids(scene: Scene) -> list[str]:
+    """One full uuid4 string per object, deterministic in (seed, index)."""
+    rng = np.random.default_rng([scene.seed, scene.index, 2])
+    return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in scene.objects]
+
+
+def image_file_name(scene: Scene) -> str:
+    return f"{scene.scene_id}.png"
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 HxWx3 image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene_to_result(scene: Scene, captions: Sequence[str], *, brush_from_name: str = "mask",
+                    caption_from_name: str = "caption", to_name: str = "image", label: str = "object",
+                    origin: str = "manual", textarea_with_rle: bool = True) -> list[dict[str, Any]]:
+    """Result items: per object a brushlabels item, then a textarea item with the same id.
+
+    textarea_with_rle: Label Studio 1.23.2 exports the region's brush value inside the textarea item too
+    (see label-studio-payloads/s3_objects.json); mirror it by default so consumers see the real shape.
+    """
+    if len(captions) != len(scene.objects):
+        raise ValueError(f"{len(captions)} captions for {len(scene.objects)} objects")
+    result = []
+    for region_id, obj, caption in zip(region_ids(scene), scene.objects, captions):
+        common = {"id": region_id, "to_name": to_name, "original_width": scene.width,
+                  "original_height": scene.height, "image_rotation": 0, "origin": origin}
+        rle = _encode_rle(obj.mask)
+        result.append({**common, "from_name": brush_from_name, "type": "brushlabels",
+                       "value": {"format": "rle", "rle": rle, "brushlabels": [label]}})
+        text_value: dict[str, Any] = {"text": [caption]}
+        if textarea_with_rle:
+            text_value = {"format": "rle", "rle": rle, **text_value}
+        result.append({**common, "from_name": caption_from_name, "type": "textarea", "value": text_value})
+    return result
+
+
+def scene_to_task(scene: Scene, *, task_id: int, image_url: str, project: int = 1) -> dict[str, Any]:
+    """The task as Label Studio stores it (the export's ``task`` field): id, data.image, meta, bookkeeping."""
+    created = _timestamp(scene.index * 60.0)
+    return {
+        "id": task_id, "data": {"image": image_url},
+        "meta": {"synthetic": {"seed": scene.seed, "index": scene.index, "scene_id": scene.scene_id}},
+        "created_at": created, "updated_at": created, "is_labeled": True, "allow_skip": True, "overlap": 1,
+        "inner_id": task_id, "total_annotations": 1, "cancelled_annotations": 0, "total_predictions": 0,
+        "precomputed_agreement": None, "comment_count": 0, "unresolved_comment_count": 0,
+        "last_comment_updated_at": None, "project": project, "updated_by": _ANNOTATOR["id"], "file_upload": task_id,
+        "comment_authors": [],
+    }
+
+
+def model_captions(scene: Scene) -> list[str]:
+    """Deterministic imperfect model captions for a scene's objects (see perturbed_caption)."""
+    rng = np.random.default_rng([scene.seed, scene.index, 3])
+    return [perturbed_caption(obj.attributes, rng)[0] for obj in scene.objects]
+
+
+def scene_to_prediction(scene: Scene, *, prediction_id: int, task_id: int, captions: Sequence[str] | None = None,
+                        model_version: str = "synthetic-model", **result_kwargs: Any) -> dict[str, Any]:
+    """A stored prediction (the backend's suggestion) with model captions (default: model_captions(scene))."""
+    captions = list(captions) if captions is not None else model_captions(scene)
+    return {"id": prediction_id, "task": task_id, "model_version": model_version, "score": 0.5,
+            "result": scene_to_result(scene, captions, origin="prediction", **result_kwargs),
+            "created_at": _timestamp(scene.index * 60.0 + 1.0)}
+
+
+def scene_to_annotation(scene: Scene, task: dict[str, Any], *, annotation_id: int, caption: str = "long",
+                        captions: Sequence[str] | None = None, parent_prediction: int | None = None,
+                        **result_kwargs: Any) -> dict[str, Any]:
+    """One annotation in the default S3 export format (annotation fields + the full task).
+
+    caption: "long" or "short" reference captions, unless explicit ``captions`` are given (one per object).
+    parent_prediction: the prediction id the annotator started from, if any.
+    """
+    if captions is None:
+        if caption not in ("long", "short"):
+            raise ValueError(f"caption must be 'long' or 'short', got {caption!r}")
+        captions = [o.long_caption if caption == "long" else o.short_caption for o in scene.objects]
+    created = _timestamp(scene.index * 60.0 + 30.0)
+    updated = _timestamp(scene.index * 60.0 + 31.5)
+    return {
+        "id": annotation_id, "result": scene_to_result(scene, captions, **result_kwargs),
+        "created_username": f" {_ANNOTATOR['email']}, {_ANNOTATOR['id']}", "created_ago": "0\u00a0minutes",
+        "completed_by": dict(_ANNOTATOR), "task": task, "was_cancelled": False, "ground_truth": False,
+        "created_at": created, "updated_at": updated, "draft_created_at": None,
+        "lead_time": round(10.0 + 5.0 * len(scene.objects), 1), "import_id": None, "last_action": None,
+        "bulk_created": False, "project": task.get("project", 1), "updated_by": _ANNOTATOR["id"],
+        "parent_prediction": parent_prediction, "parent_annotation": None, "last_created_by": None,
+    }
+
+
+def build_export(scenes: Sequence[Scene], *, image_url_prefix: str = "images/", caption: str = "long",
+                 with_model_captions: bool = False, first_task_id: int = 1,
+                 **result_kwargs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tasks, annotations, predictions) for the scenes; ids count up from first_task_id (same id per scene)."""
+    tasks, annotations, predictions = [], [], []
+    for offset, scene in enumerate(scenes):
+        task_id = first_task_id + offset
+        task = scene_to_task(scene, task_id=task_id, image_url=image_url_prefix + image_file_name(scene))
+        parent = None
+        if with_model_captions:
+            prediction = scene_to_prediction(scene, prediction_id=task_id, task_id=task_id, **result_kwargs)
+            predictions.append(prediction)
+            task["total_predictions"] = 1
+            parent = prediction["id"]
+        tasks.append(task)
+        annotations.append(scene_to_annotation(scene, task, annotation_id=task_id, caption=caption,
+                                               parent_prediction=parent, **result_kwargs))
+    return tasks, annotations, predictions
+
+
+def export_objects(scenes: Sequence[Scene], fmt: str = "annotation", *, prefix: str = "export",
+                   **export_kwargs: Any) -> dict[str, bytes]:
+    """S3 objects {key: JSON bytes} as Label Studio's target storage writes them.
+
+    fmt "annotation": key <prefix>/<annotation id>, one annotation (with its task) per object;
+    fmt "task": key <prefix>/<task id>.json, the task with "annotations" (and "predictions", if any).
+    Other keyword arguments go to build_export.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    tasks, annotations, predictions = build_export(scenes, **export_kwargs)
+    lead = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    objects: dict[str, bytes] = {}
+    for index, (task, annotation) in enumerate(zip(tasks, annotations)):
+        if fmt == "annotation":
+            key, body = f"{lead}{annotation['id']}", annotation
+        else:
+            body = {**task, "annotations": [{k: v for k, v in annotation.items() if k != "task"} | {"task": task["id"]}],
+                    "predictions": [predictions[index]] if predictions else []}
+            key = f"{lead}{task['id']}.json"
+        objects[key] = json.dumps(body).encode("utf-8")
+    return objects
+
+
+def import_tasks(tasks: Iterable[dict[str, Any]], predictions: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Tasks in Label Studio's import format: data (+ meta, + predictions with their result)."""
+    by_task = {p["task"]: p for p in predictions}
+    result = []
+    for task in tasks:
+        item: dict[str, Any] = {"data": task["data"], "meta": task["meta"]}
+        if task["id"] in by_task:
+            p = by_task[task["id"]]
+            item["predictions"] = [{"model_version": p["model_version"], "score": p["score"], "result": p["result"]}]
+        result.append(item)
+    return result
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ValueError(f"--size must look like 96x64, got {text!r}")
+    return int(width), int(height)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.export_synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n", type=int, required=True, help="number of scenes")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", choices=(*FORMATS, "both"), default="annotation", help="S3 export format")
+    parser.add_argument("--prefix", default="export", help="key prefix of the S3 objects")
+    parser.add_argument("--image-url-prefix", default="images/", help="data.image = PREFIX + file name")
+    parser.add_argument("--caption", choices=("long", "short"), default="long", help="reference caption length")
+    parser.add_argument("--with-model-captions", action="store_true",
+                        help="add imperfect model predictions; annotations hold the corrected captions")
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT of every scene (default: drawn per scene)")
+    parser.add_argument("--start-index", type=int, default=0)
+    parser.add_argument("--first-task-id", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ValueError("--n must be >= 1")
+        scenes = generate_dataset(args.seed, args.n, start=args.start_index, size=_parse_size(args.size))
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    for scene in scenes:
+        _write_atomic(out / "images" / image_file_name(scene), png_bytes(scene.image))
+    options = {"image_url_prefix": args.image_url_prefix, "caption": args.caption,
+               "with_model_captions": args.with_model_captions, "first_task_id": args.first_task_id}
+    tasks, _, predictions = build_export(scenes, **options)
+    _write_atomic(out / "tasks.json", json.dumps(import_tasks(tasks, predictions), indent=1).encode("utf-8"))
+    formats = FORMATS if args.format == "both" else (args.format,)
+    count = 0
+    for fmt in formats:
+        prefix = args.prefix if len(formats) == 1 else f"{args.prefix.strip('/')}-{fmt}"
+        for key, body in export_objects(scenes, fmt, prefix=prefix, **options).items():
+            _write_atomic(out / key, body)
+            count += 1
+    regions = sum(len(s.objects) for s in scenes)
+    print(f"wrote {len(scenes)} images, tasks.json and {count} export objects ({regions} regions) under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
