@@ -1,0 +1,211 @@
+"""The release's focal prompt: mask box, focal crop and the 8-channel model input.
+
+Per region the model sees 8 channels at S x S (S = vision image size, 384 for DAM-3B):
+[full R, G, B, full mask, crop R, G, B, crop mask], each squashed (no aspect preservation) to S x S with PIL
+bicubic on uint8 data, then rescaled by 1/255 and normalised with mean = std = 0.5 (range [-1, 1]).
+Masks are drawn as 0/255 images and resized like the RGB, so mask channels take intermediate levels.
+
+`preprocess_regions` builds that tensor for many regions of one image and shares work between them:
+the full image is resized once, masks are resized four at a time (packed into the bands of one RGBX
+image; PIL resamples every band independently with the same integer kernel, so the result is bit-identical
+to resizing each mask alone), each crop's RGB and mask are resized together as one RGBX image, and the
+uint8 -> float conversion is one table lookup over the whole batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+MIN_FOCAL_SIZE = 48  # pixels: the release enlarges smaller mask boxes to this before the 3x expansion
+
+
+@dataclass
+class RegionBatch:
+    """Model inputs for N regions.
+
+    pixel_values: float32 [N, 8, S, S] in [-1, 1]; is_focal: bool [N] (False = the crop is the whole image ->
+    plain path, no adapters); crop_boxes: int64 [N, 4] (x0, y0, x1, y1) exclusive, original pixels;
+    mask_boxes: int64 [N, 4] (x0, y0, w, h) tight mask box; pixel_values_u8: uint8 [N, 8, S, S] before normalising.
+    """
+
+    pixel_values: "object"
+    is_focal: "object"
+    crop_boxes: np.ndarray
+    mask_boxes: np.ndarray
+    pixel_values_u8: np.ndarray
+
+
+def normalisation_lut() -> np.ndarray:
+    """float32 [256]: the official rescale(1/255) then normalise((x - 0.5) / 0.5) of each 8-bit level."""
+    # rescale in float64 then cast, normalise in float32: bit-identical to the official image processor
+    levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    return ((levels - np.float32(0.5)) / np.float32(0.5)).astype(np.float32)
+
+
+_LUT = normalisation_lut()
+
+
+def to_rgb_array(image) -> np.ndarray:
+    """PIL image or numpy HxW / HxWx3 / HxWx4 uint8 -> contiguous HxWx3 uint8."""
+    if hasattr(image, "convert"):  # PIL
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image must be HxWx3, got shape {array.shape}")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def to_mask_array(mask, image_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Mask (numpy bool/uint8/int, or PIL) -> bool HxW (> 0 is foreground); checks size and emptiness."""
+    if hasattr(mask, "convert"):
+        mask = np.asarray(mask.convert("L"))
+    array = np.asarray(mask)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {array.shape}")
+    if image_hw is not None and tuple(array.shape) != tuple(image_hw):
+        raise ValueError(f"mask size {array.shape[1]}x{array.shape[0]} differs from image size {image_hw[1]}x{image_hw[0]}")
+    binary = array > 0
+    if not binary.any():
+        raise ValueError("mask is empty (no foreground pixel): nothing to describe")
+    return binary
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight box (x0, y0, w, h) of the foreground, exclusive max; ValueError on an empty mask."""
+    binary = to_mask_array(mask)
+    rows = np.flatnonzero(binary.any(axis=1))
+    cols = np.flatnonzero(binary.any(axis=0))
+    x0, y0 = int(cols[0]), int(rows[0])
+    return x0, y0, int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0
+
+
+def focal_crop_from_box(box_xywh: Sequence[int], height: int, width: int) -> tuple[int, int, int, int]:
+    """The release's focal crop (x0, y0, x1, y1) exclusive, from a tight mask box.
+
+    Box centre kept, size raised to at least 48 px, origin by Python int() (truncation toward zero, not floor),
+    then 3x width and height (one box on each side), clipped to the image, no padding.
+    """
+    x0, y0, w, h = box_xywh
+    xc, yc = x0 + w / 2, y0 + h / 2
+    w, h = max(w, MIN_FOCAL_SIZE), max(h, MIN_FOCAL_SIZE)
+    x0, y0 = int(xc - w / 2), int(yc - h / 2)
+    return max(x0 - w, 0), max(y0 - h, 0), min(x0 + 2 * w, width), min(y0 + 2 * h, height)
+
+
+def focal_crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Focal crop (x0, y0, x1, y1) of a mask HxW; crop = image[y0:y1, x0:x1]."""
+    binary = to_mask_array(mask)
+    return focal_crop_from_box(mask_box(binary), *binary.shape)
+
+
+def is_full_image(crop_box: Sequence[int], height: int, width: int) -> bool:
+    """The release's plain-path rule: a crop covering the whole image means no focal pass (no adapters)."""
+    return tuple(int(v) for v in crop_box) == (0, 0, width, height)
+
+
+def _rgbx(array_hw4: np.ndarray):
+    """uint8 HxWx4 -> PIL 'RGBX' image whose four bands are resampled independently (no alpha premultiply)."""
+    from PIL import Image
+
+    array_hw4 = np.ascontiguousarray(array_hw4)
+    h, w = array_hw4.shape[:2]
+    return Image.frombuffer("RGBX", (w, h), array_hw4.tobytes(), "raw", "RGBX", 0, 1)
+
+
+def resize_uint8_bands(bands_hwc: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic-resize C uint8 bands (HxWxC) to SxS, four bands per PIL call; returns uint8 CxSxS."""
+    from PIL import Image
+
+    h, w, c = bands_hwc.shape
+    out = np.empty((c, size, size), dtype=np.uint8)
+    for start in range(0, c, 4):
+        chunk = bands_hwc[:, :, start:start + 4]
+        n = chunk.shape[2]
+        if n < 4:
+            chunk = np.concatenate([chunk, np.zeros((h, w, 4 - n), np.uint8)], axis=2)
+        resized = np.asarray(_rgbx(chunk).resize((size, size), Image.BICUBIC))
+        out[start:start + n] = resized[:, :, :n].transpose(2, 0, 1)
+    return out
+
+
+def preprocess_regions(image, masks: Sequence, size: int) -> RegionBatch:
+    """Image + N region masks -> the 8-channel model input for every region (the image is decoded once).
+
+    image: HxWx3 uint8 numpy or PIL; masks: N masks HxW (bool/uint8; > 0 is foreground) or one HxW mask;
+    size: the vision input size S in pixels. Raises ValueError for an empty mask or a mask of another size.
+    """
+    import torch
+
+    rgb = to_rgb_array(image)
+    height, width = rgb.shape[:2]
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    if len(masks) == 0:
+        raise ValueError("no masks given: need at least one region")
+    binaries = [to_mask_array(m, (height, width)) for m in masks]
+    n = len(binaries)
+    mask_boxes = np.array([mask_box(b) for b in binaries], dtype=np.int64)
+    crop_boxes = np.array([focal_crop_from_box(b, height, width) for b in mask_boxes], dtype=np.int64)
+
+    out = np.empty((n, 8, size, size), dtype=np.uint8)
+    # Full image: once for all regions (packed with the first mask in the spare band).
+    masks_u8 = np.stack(binaries, axis=2).astype(np.uint8) * np.uint8(255)  # H x W x N
+    first = resize_uint8_bands(np.concatenate([rgb, masks_u8[:, :, :1]], axis=2), size)
+    out[:, 0:3] = first[None, 0:3]
+    out[0, 3] = first[3]
+    if n > 1:
+        out[1:, 3] = resize_uint8_bands(masks_u8[:, :, 1:], size)
+    is_focal = np.zeros(n, dtype=bool)
+    for i, (x0, y0, x1, y1) in enumerate(crop_boxes):
+        if is_full_image((x0, y0, x1, y1), height, width):
+            out[i, 4:8] = out[i, 0:4]  # same view: reuse the full resize
+            continue
+        is_focal[i] = True
+        crop = np.concatenate([rgb[y0:y1, x0:x1], masks_u8[y0:y1, x0:x1, i:i + 1]], axis=2)
+        out[i, 4:8] = resize_uint8_bands(crop, size)
+    pixel_values = torch.from_numpy(_LUT[out])
+    return RegionBatch(pixel_values=pixel_values, is_focal=torch.from_numpy(is_focal), crop_boxes=crop_boxes,
+                       mask_boxes=mask_boxes, pixel_values_u8=out)
+
+
+def preprocess_frames(frames: Sequence, masks: Sequence, size: int) -> RegionBatch:
+    """One region per frame (video): frame i with mask i, each with its own focal crop; returns N = len(frames) rows."""
+    if len(frames) != len(masks):
+        raise ValueError(f"{len(frames)} frames but {len(masks)} masks")
+    parts = [preprocess_regions(f, [m], size) for f, m in zip(frames, masks)]
+    import torch
+
+    return RegionBatch(
+        pixel_values=torch.cat([p.pixel_values for p in parts]),
+        is_focal=torch.cat([p.is_focal for p in parts]),
+        crop_boxes=np.concatenate([p.crop_boxes for p in parts]),
+        mask_boxes=np.concatenate([p.mask_boxes for p in parts]),
+        pixel_values_u8=np.concatenate([p.pixel_values_u8 for p in parts]),
+    )
+
+
+def select_video_frames(masks: Sequence, num_frames: int = 8) -> list[int]:
+    """Indices of `num_frames` frames to describe, sampled uniformly among usable frames (non-empty mask).
+
+    Rule: with U usable frames (in order), pick usable[floor(k * U / num_frames)] for k = 0..num_frames-1 when
+    U < num_frames (uniform with repetition, order kept, e.g. U=5 -> positions 0,0,1,1,2,3,3,4), and
+    usable[round(k * (U - 1) / (num_frames - 1))] when U >= num_frames (uniform, first and last included).
+    U = 0 raises ValueError.
+    """
+    usable = [i for i, m in enumerate(masks) if np.asarray(m).any()]
+    count = len(usable)
+    if count == 0:
+        raise ValueError("no usable frame: every frame's mask is empty")
+    if count < num_frames:
+        return [usable[(k * count) // num_frames] for k in range(num_frames)]
+    if num_frames == 1:
+        return [usable[0]]
+    return [usable[int(np.floor(k * (count - 1) / (num_frames - 1) + 0.5))] for k in range(num_frames)]

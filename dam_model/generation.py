@@ -1,0 +1,161 @@
+"""Batched decoding over the LLM with a KV cache: greedy or nucleus sampling, EOS stopping, streaming, confidence.
+
+The loop feeds the spliced prompt embeddings once (prefill, left padding for batches), then one token per step
+through transformers' DynamicCache. Per row it records the chosen ids and their log-probabilities under the
+model's own distribution (log-softmax of the raw logits, i.e. temperature 1); a caption's confidence is the mean
+of those over its emitted tokens, </s> included when emitted (always <= 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+RELEASE_TEMPERATURE = 0.2  # release default (sampling); temperature 0 here means greedy
+RELEASE_TOP_P = 0.5
+RELEASE_MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class Caption:
+    """One description: text (special tokens removed, stripped), confidence = mean token log-probability (<= 0),
+    token_ids = generated ids (without the final </s>)."""
+
+    text: str
+    confidence: float
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options. temperature 0 = greedy (deterministic); > 0 = sampling with nucleus top_p."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = RELEASE_TOP_P
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (at least one); [B, V] -> [B, V]."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= top_p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Next ids [B] from last-position logits [B, V]."""
+    if settings.temperature == 0:
+        return torch.argmax(logits, dim=-1)
+    scaled = nucleus_filter(logits.float() / settings.temperature, settings.top_p)
+    probs = torch.softmax(scaled, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.inference_mode()
+def decode_steps(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+                 eos_token_id: int, pad_token_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (ids [B], logprobs [B], alive [B] bool) per step; rows are left-padded: inputs_embeds [B, T, H],
+    attention_mask [B, T] (1 = real token). A row stops after emitting </s> when settings.stop_at_eos."""
+    from transformers import DynamicCache
+
+    device = inputs_embeds.device
+    generator = None
+    if settings.seed is not None and settings.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    mask = attention_mask.to(device=device, dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+    alive = torch.ones(inputs_embeds.shape[0], dtype=torch.bool, device=device)
+    next_position = positions[:, -1:] + 1
+    for step in range(settings.max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        ids = choose_tokens(logits, settings, generator)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
+        ids = torch.where(alive, ids, torch.full_like(ids, pad_token_id))
+        yield ids, logprobs, alive.clone()
+        if settings.stop_at_eos:
+            alive = alive & (ids != eos_token_id)
+        if not alive.any() or step == settings.max_new_tokens - 1:
+            return
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = llm(input_ids=ids[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
+                  use_cache=True)
+        next_position = next_position + 1
+
+
+def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+             eos_token_id: int, pad_token_id: int = 0) -> tuple[list[list[int]], list[float]]:
+    """Run `decode_steps` to the end: per row the emitted ids (</s> included when emitted) and mean log-probability."""
+    rows = inputs_embeds.shape[0]
+    ids: list[list[int]] = [[] for _ in range(rows)]
+    logprob_sums = [0.0] * rows
+    for step_ids, step_logprobs, alive in decode_steps(llm, inputs_embeds, attention_mask, settings, eos_token_id,
+                                                       pad_token_id):
+        step_ids, step_logprobs, alive = step_ids.tolist(), step_logprobs.tolist(), alive.tolist()
+        for row in range(rows):
+            if alive[row]:
+                ids[row].append(step_ids[row])
+                logprob_sums[row] += step_logprobs[row]
+    means = [logprob_sums[r] / max(len(ids[r]), 1) for r in range(rows)]
+    return ids, means
+
+
+def make_caption(tokenizer, ids: list[int], mean_logprob: float, eos_token_id: int) -> Caption:
+    """Caption from emitted ids: drop the trailing </s>, decode without special tokens, strip (as the release)."""
+    kept = ids[:-1] if ids and ids[-1] == eos_token_id else list(ids)
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return Caption(text=text, confidence=float(min(mean_logprob, 0.0)), token_ids=kept)
+
+
+class TextStreamer:
+    """Turns a growing id list into text deltas whose concatenation is the final caption text.
+
+    A delta is only released when it is stable: trailing whitespace and incomplete UTF-8 (U+FFFD) wait for
+    the next token, because sentencepiece may still merge them.
+    """
+
+    def __init__(self, tokenizer, eos_token_id: int):
+        self.tokenizer, self.eos_token_id = tokenizer, eos_token_id
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        if token_id == self.eos_token_id:
+            return ""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        stable = text.rstrip()
+        while stable.endswith("\ufffd"):
+            stable = stable[:-1].rstrip()
+        if stable.startswith(self.emitted) and len(stable) > len(self.emitted):
+            delta = stable[len(self.emitted):]
+            self.emitted = stable
+            return delta
+        return ""
+
+    def finish(self) -> str:
+        final = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        if not final.startswith(self.emitted):  # cannot retract; should not happen with sentencepiece decoding
+            raise RuntimeError("streamed text is not a prefix of the final caption")
+        delta = final[len(self.emitted):]
+        self.emitted = final
+        return delta
