@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -59,7 +60,7 @@ log = logging.getLogger("scripts.build")
 GEOMETRY_TYPES = ("brushlabels", "brush", "polygonlabels", "polygon", "rectanglelabels", "rectangle")
 LABEL_TYPES = ("labels", "brushlabels", "polygonlabels", "rectanglelabels")
 
-ImageFetcher = Callable[[str], np.ndarray]  # url or path -> HxWx3 uint8 RGB
+ImageFetcher = Callable[[str, Any], np.ndarray]  # (url or path, task id) -> HxWx3 uint8 RGB
 
 
 @dataclasses.dataclass
@@ -70,6 +71,7 @@ class AnnotationRecord:
     task_id: Any
     task_data: dict[str, Any]
     annotation: dict[str, Any]
+    task_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def updated_at(self) -> str:
@@ -81,10 +83,10 @@ def iter_annotations(export: dict[str, Any], key: str = "") -> Iterator[Annotati
     """Annotations in one export object: per-annotation format ({result, task}) or per-task ({data, annotations})."""
     if "result" in export and isinstance(export.get("task"), dict):
         task = export["task"]
-        yield AnnotationRecord(key, task.get("id"), task.get("data") or {}, export)
+        yield AnnotationRecord(key, task.get("id"), task.get("data") or {}, export, task.get("meta") or {})
     elif "data" in export:
         for annotation in export.get("annotations") or []:
-            yield AnnotationRecord(key, export.get("id"), export.get("data") or {}, annotation)
+            yield AnnotationRecord(key, export.get("id"), export.get("data") or {}, annotation, export.get("meta") or {})
     else:
         raise ValueError("not a Label Studio export object")
 
@@ -159,12 +161,32 @@ def split_for(task_id: Any, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
-def region_attributes(task_data: dict[str, Any], region_id: str) -> Any:
-    """The attribute record of a region when the task carries one (synthetic data: data.attributes[region id])."""
+def region_attributes(task_data: dict[str, Any], task_meta: dict[str, Any], region_id: str, shape: tuple[int, int]) -> Any:
+    """The attribute record of a region, for the DLC-style judge, when the task carries one:
+
+    - ``data.attributes[<region id>]`` when the task data hold it;
+    - synthetic tasks from scripts.export_synthetic (``meta.synthetic = {seed, index}``): the scene is regenerated
+      (deterministic) and the object whose exported region id matches gives its attributes, if the sizes agree.
+    """
     attributes = task_data.get("attributes")
-    if isinstance(attributes, dict):
-        return attributes.get(region_id)
-    return None
+    if isinstance(attributes, dict) and region_id in attributes:
+        return attributes[region_id]
+    info = (task_meta or {}).get("synthetic")
+    if not isinstance(info, dict) or not isinstance(info.get("seed"), int) or not isinstance(info.get("index"), int):
+        return None
+    scene, ids = _synthetic_scene(info["seed"], info["index"])
+    if region_id not in ids or scene.image.shape[:2] != tuple(shape):
+        return None
+    return scene.objects[ids.index(region_id)].attributes
+
+
+@functools.lru_cache(maxsize=256)
+def _synthetic_scene(seed: int, index: int) -> tuple[Any, list[str]]:
+    from dam_model.synthetic import generate_scene
+    from scripts.export_synthetic import region_ids
+
+    scene = generate_scene(seed, index)
+    return scene, region_ids(scene)
 
 
 def pixels_hash(array: np.ndarray) -> str:
@@ -173,12 +195,17 @@ def pixels_hash(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def default_fetcher() -> ImageFetcher:
-    """Images through backend/media.py (local files, Label Studio uploads with the API token, http allow-list)."""
-    from backend import media
+def default_fetcher(local_files_root: str | None = None) -> ImageFetcher:
+    """Images through backend/media.py: Label Studio uploads/local-files with LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY,
+    cloud URIs presigned by Label Studio, http(s) under MEDIA_ALLOWED_HOSTS, local paths under LOCAL_FILES_ROOT."""
+    from backend.media import MediaFetcher
+    from backend.settings import Settings
 
-    def fetch(url: str) -> np.ndarray:
-        return np.asarray(media.load_image(url), dtype=np.uint8)
+    overrides = {"local_files_root": str(local_files_root)} if local_files_root else {}
+    fetcher = MediaFetcher(Settings.from_env(**overrides))
+
+    def fetch(url: str, task_id: Any = None) -> np.ndarray:
+        return fetcher.load_image(url, task_id if isinstance(task_id, int) else None)
 
     return fetch
 
@@ -202,6 +229,7 @@ def build_dataset(
     include_deleted: bool = True,
     fetch_image: ImageFetcher | None = None,
     force: bool = False,
+    local_files_root: str | None = None,
 ) -> Path:
     """Build the dataset of ``snapshot_id`` (default: the latest) and return its folder. Reuses an existing build."""
     work_root = Path(work_root)
@@ -216,7 +244,7 @@ def build_dataset(
     if (out_dir / "dataset.json").exists() and not force:
         log.info("dataset %s already built", out_dir)
         return out_dir
-    fetch_image = fetch_image or default_fetcher()
+    fetch_image = fetch_image or default_fetcher(local_files_root)
 
     from PIL import Image
 
@@ -248,7 +276,7 @@ def build_dataset(
                 try:
                     url = image_url(record.task_data, geometry, image_key)
                     if url not in image_index:
-                        pixels = np.ascontiguousarray(fetch_image(url))
+                        pixels = np.ascontiguousarray(fetch_image(url, record.task_id))
                         if pixels.ndim != 3 or pixels.shape[2] != 3:
                             raise ValueError(f"image {url} has shape {pixels.shape}, expected HxWx3")
                         digest = pixels_hash(pixels)
@@ -284,7 +312,7 @@ def build_dataset(
                     "height": height,
                     "key": key,
                 }
-                attributes = region_attributes(record.task_data, region_id)
+                attributes = region_attributes(record.task_data, record.task_meta, region_id, (height, width))
                 if attributes is not None:
                     row["attributes"] = attributes
                 Image.fromarray(mask).save(staging / row["mask"])  # same pixels for every duplicate
@@ -382,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of tasks in the frozen validation split (env VAL_FRACTION; changing it moves tasks)",
     )
     parser.add_argument("--image-key", default=env_default("IMAGE_KEY"), help="task data key of the image (env IMAGE_KEY)")
+    parser.add_argument(
+        "--local-files-root", default=env_default("LOCAL_FILES_ROOT"),
+        help="folder that local image paths in tasks may point into (env LOCAL_FILES_ROOT)",
+    )
     parser.add_argument("--exclude-deleted", action="store_true", help="drop annotations deleted from the bucket since pulled")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset folder exists")
     add_log_level_arg(parser)
@@ -395,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         out = build_dataset(
             args.work_root, args.snapshot, args.out, args.val_fraction, args.image_key,
             include_deleted=not args.exclude_deleted, force=args.force,
+            local_files_root=args.local_files_root,
         )
     except LoopError as exc:
         log.error("%s", exc)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,12 @@ def parse_trainable(text: str) -> dict[str, bool]:
     return {flag: name in names for name, flag in PART_FLAGS.items()}
 
 
-def resolve_init(init: str | None, models_root: str) -> Path:
-    """The start checkpoint: --init, else the serving version of MODELS_ROOT."""
+def resolve_init(init: str | None, models_root: str) -> Path | str:
+    """The start checkpoint: --init (a folder, or a hub id such as nvidia/DAM-3B), else the serving version."""
     if init:
         path = Path(init)
+        if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", init):
+            return init  # a hub id: DescribeAnythingModel.from_pretrained resolves it
     else:
         from scripts.promote import champion_dir
 
@@ -107,10 +110,13 @@ def load_split(dataset_dir: Path, split: str, include_pseudo: bool = True) -> li
     return out
 
 
-def default_out_dir(work_root: Path, dataset_dir: Path, init: Path, config: dict[str, Any]) -> Path:
-    """Stable per (dataset, start model, config) so a re-run after a crash resumes instead of starting over."""
+def default_out_dir(work_root: Path, dataset_dir: Path, init: Path | str, config: dict[str, Any]) -> Path:
+    """Stable per (dataset + pseudo labels, start model, config) so a re-run after a crash resumes, not restarts."""
     stable = {k: v for k, v in config.items() if k not in ("out_dir", "resume", "progress", "device", "num_threads", "extra")}
-    digest = hashlib.sha256(json.dumps([str(dataset_dir.resolve()), str(init.resolve()), stable], sort_keys=True).encode())
+    init_id = str(Path(init).resolve()) if Path(init).exists() else str(init)
+    pseudo = dataset_dir / "pseudo.jsonl"
+    pseudo_id = hashlib.sha256(pseudo.read_bytes()).hexdigest() if pseudo.exists() else None
+    digest = hashlib.sha256(json.dumps([str(dataset_dir.resolve()), init_id, pseudo_id, stable], sort_keys=True).encode())
     return Path(work_root) / "train" / f"{dataset_dir.name}-{digest.hexdigest()[:10]}"
 
 

@@ -1,0 +1,245 @@
+"""Step 3 of the loop (the paper's semi-supervised stage): caption unannotated regions with the serving model.
+
+Candidates, all from TRAIN-split tasks only (the validation split stays purely human and is never looked at here):
+
+- regions drawn in Label Studio but left without a caption (``unlabeled.jsonl`` written by scripts.build; mask score 1);
+- with ``--sam2-config`` + ``--sam2-checkpoint``: SAM 2 automatic masks on the dataset's training images that do
+  not overlap a human region (IoU <= ``--max-iou``); their predicted IoU is the mask score.
+
+Each candidate is captioned (greedy) by the serving model and kept when its caption's mean token log-probability is
+>= ``--min-logprob`` and its mask score >= ``--min-mask-score``. At most ``--max-fraction`` of the resulting
+training set is pseudo-labelled (the most confident are kept): n_pseudo <= floor(f / (1 - f) * n_human_train).
+Kept rows go to ``<dataset>/pseudo.jsonl`` with source="pseudo", confidence, mask_score and the model used.
+
+Usage::
+
+    python -m scripts.pseudo_label --work-root loop_work [--dataset DIR] [--model DIR] [--min-logprob -1.0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scripts.loop_common import (
+    EXIT_FAILURE,
+    EXIT_PROMOTED,
+    BadArguments,
+    LoopError,
+    add_log_level_arg,
+    add_models_root_arg,
+    add_work_root_arg,
+    env_default,
+    env_float,
+    env_int,
+    fraction,
+    read_json,
+    read_jsonl,
+    setup_logging,
+    utc_iso,
+    write_jsonl,
+)
+
+log = logging.getLogger("scripts.pseudo_label")
+
+
+def max_pseudo_count(n_human: int, max_fraction: float) -> int:
+    """Largest pseudo count p with p / (n_human + p) <= max_fraction."""
+    if max_fraction <= 0 or n_human <= 0:
+        return 0
+    if max_fraction >= 1:
+        return sys.maxsize
+    return int(math.floor(max_fraction / (1.0 - max_fraction) * n_human + 1e-9))
+
+
+def select_pseudo(
+    candidates: list[dict[str, Any]], n_human: int, min_logprob: float, min_mask_score: float, max_fraction: float
+) -> list[dict[str, Any]]:
+    """Filter candidates (dicts with caption, confidence, mask_score) by thresholds, keep the most confident within the ratio."""
+    passing = [
+        c for c in candidates
+        if c["caption"].strip() and c["confidence"] >= min_logprob and c.get("mask_score", 1.0) >= min_mask_score
+    ]
+    passing.sort(key=lambda c: (-c["confidence"], c["id"]))
+    return passing[: max_pseudo_count(n_human, max_fraction)]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def caption_regions(model: Any, items: list[tuple[np.ndarray, list[np.ndarray]]], max_new_tokens: int) -> list[list[Any]]:
+    """describe_batch over (image, masks) pairs, greedy; returns Caption lists (text, confidence, token_ids)."""
+    return model.describe_batch(items, max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+def load_model(model_dir: Path, device: str) -> Any:
+    import torch
+
+    from dam_model.modeling import DescribeAnythingModel
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = DescribeAnythingModel.from_pretrained(str(model_dir), device=device)
+    model.eval()
+    return model
+
+
+def sam2_candidates(
+    dataset_dir: Path, rows: list[dict[str, Any]], config: str, checkpoint: str, device: str, max_masks: int, min_area: int,
+    max_iou: float,
+) -> list[dict[str, Any]]:
+    """Automatic SAM 2 masks on the training images that do not overlap any human region; masks saved under masks/."""
+    from PIL import Image
+
+    from dam_model.segmentation import Sam2Segmenter
+    from scripts.build import pixels_hash, read_image, read_mask
+
+    segmenter = Sam2Segmenter.from_checkpoint(config, checkpoint, device=device)
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_image.setdefault(row["image"], []).append(row)
+    out = []
+    for image_rel, image_rows in sorted(by_image.items()):
+        image = read_image(dataset_dir / image_rel)
+        human = [read_mask(dataset_dir / r["mask"]) for r in image_rows]
+        for prediction in segmenter.automatic_masks(image, max_masks=max_masks, min_area=min_area):
+            mask = np.asarray(prediction.mask, dtype=bool)
+            if not mask.any() or any(mask_iou(mask, h) > max_iou for h in human):
+                continue
+            template = image_rows[0]
+            sample_id = f"auto-{template['id'][:12]}-{pixels_hash(mask)[:12]}"
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(dataset_dir / "masks" / f"{sample_id}.png")
+            out.append({
+                **{k: template[k] for k in ("image", "task_id", "width", "height", "split")},
+                "id": sample_id, "mask": f"masks/{sample_id}.png", "region_id": None, "category": None,
+                "mask_score": float(prediction.score), "mask_source": "sam2_auto",
+            })
+    return out
+
+
+def pseudo_label(
+    dataset_dir: Path,
+    model_dir: Path,
+    min_logprob: float = -1.0,
+    min_mask_score: float = 0.8,
+    max_fraction: float = 0.3,
+    device: str = "auto",
+    max_new_tokens: int = 64,
+    sam2: dict[str, Any] | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """Write ``dataset_dir/pseudo.jsonl`` and return a summary {candidates, kept, ...}."""
+    from scripts.build import read_image, read_mask
+
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "dataset.json").exists():
+        raise BadArguments(f"{dataset_dir} is not a built dataset")
+    human_train = [r for r in read_jsonl(dataset_dir / "samples.jsonl") if r["split"] == "train"]
+    candidates = [dict(r, mask_score=1.0, mask_source="human") for r in read_jsonl(dataset_dir / "unlabeled.jsonl") if r["split"] == "train"]
+    if sam2:
+        candidates += sam2_candidates(dataset_dir, human_train, device=device, **sam2)
+    budget = max_pseudo_count(len(human_train), max_fraction)
+    summary: dict[str, Any] = {"candidates": len(candidates), "human_train": len(human_train), "budget": budget, "kept": 0}
+    if not candidates or budget == 0:
+        write_jsonl(dataset_dir / "pseudo.jsonl", [])
+        log.info("pseudo-labelling: nothing to do (%s)", summary)
+        return summary
+    model = model if model is not None else load_model(model_dir, device)
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for row in candidates:
+        by_image.setdefault(row["image"], []).append(row)
+    for image_rel, rows in sorted(by_image.items()):
+        image = read_image(dataset_dir / image_rel)
+        masks = [read_mask(dataset_dir / r["mask"]) for r in rows]
+        (captions,) = caption_regions(model, [(image, masks)], max_new_tokens)
+        for row, caption in zip(rows, captions):
+            row.update(caption=caption.text.strip(), confidence=float(caption.confidence))
+    kept = select_pseudo(candidates, len(human_train), min_logprob, min_mask_score, max_fraction)
+    stamp = utc_iso()
+    rows_out = [
+        {**row, "source": "pseudo", "split": "train", "model": str(model_dir), "labelled_at": stamp}
+        for row in kept
+    ]
+    write_jsonl(dataset_dir / "pseudo.jsonl", rows_out)
+    confidences = [c["confidence"] for c in candidates]
+    summary.update(
+        kept=len(rows_out),
+        passing_thresholds=sum(c["confidence"] >= min_logprob and c["mask_score"] >= min_mask_score for c in candidates),
+        confidence_min=min(confidences), confidence_max=max(confidences),
+        thresholds={"min_logprob": min_logprob, "min_mask_score": min_mask_score, "max_fraction": max_fraction},
+    )
+    log.info("pseudo-labelling: %s", summary)
+    return summary
+
+
+def add_pseudo_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pseudo-labelling")
+    g.add_argument("--min-logprob", type=float, default=env_float("PSEUDO_MIN_LOGPROB", -1.0),
+                   help="keep captions whose mean token log-probability is >= this (env PSEUDO_MIN_LOGPROB)")
+    g.add_argument("--min-mask-score", type=float, default=env_float("PSEUDO_MIN_MASK_SCORE", 0.8),
+                   help="keep masks whose score is >= this (human regions score 1; env PSEUDO_MIN_MASK_SCORE)")
+    g.add_argument("--max-fraction", type=fraction, default=env_float("PSEUDO_MAX_FRACTION", 0.3),
+                   help="max share of pseudo labels in the training set (env PSEUDO_MAX_FRACTION; 0 disables)")
+    g.add_argument("--sam2-config", default=env_default("SAM2_CONFIG"), help="SAM 2 config name for automatic masks (env SAM2_CONFIG)")
+    g.add_argument("--sam2-checkpoint", default=env_default("SAM2_CHECKPOINT"), help="SAM 2 checkpoint (env SAM2_CHECKPOINT)")
+    g.add_argument("--sam2-max-masks", type=int, default=env_int("SAM2_MAX_MASKS", 8), help="automatic masks per image")
+    g.add_argument("--sam2-min-area", type=int, default=env_int("SAM2_MIN_AREA", 64), help="minimum automatic mask area (px)")
+    g.add_argument("--max-iou", type=float, default=0.5, help="drop automatic masks overlapping a human region more than this")
+    g.add_argument("--pseudo-max-new-tokens", type=int, default=64, help="caption length limit (tokens)")
+
+
+def sam2_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    if bool(args.sam2_config) != bool(args.sam2_checkpoint):
+        raise BadArguments("SAM 2 automatic masks need both --sam2-config and --sam2-checkpoint")
+    if not args.sam2_config:
+        return None
+    return {"config": args.sam2_config, "checkpoint": args.sam2_checkpoint, "max_masks": args.sam2_max_masks,
+            "min_area": args.sam2_min_area, "max_iou": args.max_iou}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.pseudo_label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_work_root_arg(parser)
+    add_models_root_arg(parser)
+    parser.add_argument("--dataset", type=Path, help="built dataset folder (default: the latest snapshot's)")
+    parser.add_argument("--model", type=Path, help="captioning model (default: the serving version)")
+    parser.add_argument("--device", default=env_default("DEVICE", "auto"), help="auto, cpu, cuda (env DEVICE)")
+    add_pseudo_args(parser)
+    add_log_level_arg(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        from scripts.train import resolve_init
+
+        dataset = args.dataset or Path(args.work_root) / "datasets" / read_json(Path(args.work_root) / "manifest.json")["snapshot_id"]
+        model_dir = resolve_init(str(args.model) if args.model else None, args.models_root)
+        summary = pseudo_label(
+            dataset, model_dir, args.min_logprob, args.min_mask_score, args.max_fraction, args.device,
+            args.pseudo_max_new_tokens, sam2_settings(args),
+        )
+    except LoopError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("pseudo-labelling failed")
+        return EXIT_FAILURE
+    print(json.dumps(summary, indent=2))
+    return EXIT_PROMOTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

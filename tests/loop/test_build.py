@@ -1,0 +1,112 @@
+"""scripts.build: export objects -> samples.jsonl + images/ + masks/ (decoding, dedup, skip rules, sticky split)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dam_model.synthetic import generate_dataset
+from scripts.build import build_dataset, load_samples, rasterize, read_mask, split_for
+from scripts.loop_common import read_json, read_jsonl
+from scripts.pull import S3Source, make_s3_client, pull
+
+from .conftest import put_objects
+
+
+def pull_and_build(work, admin_s3, bucket, **kwargs):
+    source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
+    result = pull(make_s3_client(source), source, work)
+    return result, build_dataset(work, result.snapshot_id, **kwargs)
+
+
+def test_build_both_formats_dedup_skip_rules_and_sticky_split(tmp_path, admin_s3, bucket, export_factory):
+    scenes = generate_dataset(11, 4)
+    objects = export_factory(11, 4, fmt="annotation", prefix="ls")
+    # The same scenes again in the per-task format, with later timestamps and an edited caption on scene 0:
+    # identical image + mask -> one sample each, the latest annotation's caption wins.
+    as_tasks = export_factory(11, 4, fmt="task", prefix="ls")
+    first_key = sorted(as_tasks)[0]
+    task = json.loads(as_tasks[first_key])
+    annotation = task["annotations"][0]
+    annotation["updated_at"] = "2030-01-01T00:00:00.000000Z"
+    annotation["result"][1]["value"]["text"] = ["  The corrected   caption. "]
+    as_tasks[first_key] = json.dumps(task).encode()
+    objects |= as_tasks
+    # A cancelled annotation and a region left without caption (an "unlabeled" region for pseudo-labelling).
+    extra = json.loads(objects["ls/2"])
+    cancelled = dict(extra, id=9001, was_cancelled=True)
+    objects["ls/9001"] = json.dumps(cancelled).encode()
+    uncaptioned = json.loads(export_factory(12, 1, fmt="annotation", prefix="x", first_task_id=40)["x/40"])
+    uncaptioned["id"] = 9002
+    for item in uncaptioned["result"]:
+        if item["type"] == "textarea":
+            item["value"]["text"] = [" "]
+    objects["ls/9002"] = json.dumps(uncaptioned).encode()
+    put_objects(admin_s3, bucket, objects)
+
+    work = tmp_path / "work"
+    result, dataset = pull_and_build(work, admin_s3, bucket, val_fraction=0.5)
+    info = read_json(dataset / "dataset.json")
+    n_objects = sum(len(s.objects) for s in scenes)
+    counts = info["counts"]
+    assert info["snapshot_id"] == result.snapshot_id
+    assert counts["samples"] == n_objects and counts["duplicates"] == n_objects
+    assert counts["cancelled"] == 1 and counts["unlabeled"] == len(generate_dataset(12, 1)[0].objects)
+    assert counts["train"] + counts["val"] == n_objects
+
+    rows = load_samples(dataset)
+    by_caption = {r["caption"]: r for r in rows}
+    assert "The corrected caption." in by_caption  # whitespace normalised, the later annotation won
+    assert scenes[0].objects[0].long_caption not in by_caption
+    for scene in scenes:
+        for obj in scene.objects[1:]:
+            row = by_caption[obj.long_caption]
+            np.testing.assert_array_equal(read_mask(row["mask_path"]), obj.mask)  # RLE decoded exactly
+            assert row["attributes"] == obj.attributes  # from meta.synthetic (regenerated scene)
+            assert row["split"] == split_for(row["task_id"], 0.5)
+            assert row["source"] == "human" and row["category"] == "object"
+    assert all((dataset / r["image"]).exists() for r in rows)
+    assert len(list((dataset / "images").iterdir())) == len(scenes) + 1
+    assert {r["task_id"] for r in read_jsonl(dataset / "unlabeled.jsonl")} == {40}
+    assert not any(r["task_id"] == 40 for r in rows)
+
+    # A later snapshot (one more task) keeps every earlier task on the same side of the split.
+    put_objects(admin_s3, bucket, export_factory(13, 2, fmt="annotation", prefix="ls", first_task_id=70))
+    _, dataset2 = pull_and_build(work, admin_s3, bucket, val_fraction=0.5)
+    assert dataset2 != dataset
+    before = {r["id"]: r["split"] for r in rows}
+    after = {r["id"]: r["split"] for r in load_samples(dataset2)}
+    assert set(before) < set(after) and all(after[k] == v for k, v in before.items())
+
+
+def test_split_is_sticky_and_roughly_proportional():
+    sides = [split_for(task_id, 0.2) for task_id in range(2000)]
+    assert sides == [split_for(task_id, 0.2) for task_id in range(2000)]
+    assert 0.15 < sides.count("val") / len(sides) < 0.25
+    assert split_for(5, 0.0) == "train" and split_for(5, 1.0) == "val"
+
+
+def test_rasterize_polygon_and_rotated_rectangle():
+    polygon = {"type": "polygonlabels", "value": {"points": [[10, 10], [60, 10], [60, 60], [10, 60]], "polygonlabels": ["a"]}}
+    mask = rasterize(polygon, 50, 100)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    assert mask[20, 30] == 255 and mask[2, 2] == 0 and mask[40, 80] == 0
+    rect = {"type": "rectanglelabels", "value": {"x": 10, "y": 20, "width": 30, "height": 40, "rotation": 0}}
+    r = rasterize(rect, 100, 100) > 0
+    ys, xs = np.nonzero(r)
+    assert (ys.min(), xs.min()) == (20, 10) and abs(ys.max() - 60) <= 1 and abs(xs.max() - 40) <= 1
+    rotated = {"type": "rectanglelabels", "value": {"x": 50, "y": 50, "width": 20, "height": 10, "rotation": 90}}
+    rr = rasterize(rotated, 100, 100) > 0
+    ys, xs = np.nonzero(rr)
+    # rotated 90 degrees clockwise about the top-left corner: now 10 wide (to the left) and 20 tall (down)
+    assert abs((xs.max() - xs.min()) - 10) <= 1 and abs((ys.max() - ys.min()) - 20) <= 1 and xs.max() <= 51
+    with pytest.raises(ValueError, match="unsupported region type"):
+        rasterize({"type": "keypointlabels", "value": {}}, 10, 10)
+
+
+def test_build_requires_a_snapshot(tmp_path):
+    from scripts.loop_common import BadArguments
+
+    with pytest.raises(BadArguments, match="run scripts.pull first"):
+        build_dataset(tmp_path)
