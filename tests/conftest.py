@@ -1,0 +1,63 @@
+"""Session fixtures shared by every test folder.
+
+- ``shared_dir``: ../shared beside the repository (read-only reference material and the parity fixture).
+- ``random_dam_dir``: a tiny-preset DAM with random weights and a sentencepiece tokenizer trained here, written by
+  ``save_pretrained`` in the official folder layout (seconds to build).
+- ``trained_dam_dir``: the ci-profile tiny DAM trained on the synthetic benchmark (scripts/build_tiny_model.py;
+  cached under DAM_CACHE_DIR, so only the first run pays the few minutes of training). DAM_TEST_MODEL_DIR overrides it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    # 2-core machines: more threads than cores only thrash.
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = ROOT.parent / "shared"
+    assert path.is_dir(), f"{path} is missing: tests expect ../shared beside the repository"
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_dam_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from dam_model.config import DAMConfig
+    from dam_model.modeling import DescribeAnythingModel
+    from dam_model.prompt import build_prompt
+    from dam_model.synthetic import generate_dataset, iter_region_samples
+    from dam_model.tokenizer import load_tokenizer, train_tokenizer
+
+    scenes = generate_dataset(seed=11, n=8)
+    texts = [s.caption for s in iter_region_samples(scenes, caption="long")]
+    texts += [s.caption for s in iter_region_samples(scenes, caption="short")]
+    texts += [build_prompt("<image>\nDescribe the masked region in detail.")] * 4
+    tokenizer = load_tokenizer(train_tokenizer(texts, 320, tmp_path_factory.mktemp("tokenizer")))
+    torch.manual_seed(0)
+    config = DAMConfig.tiny(vocab_size=len(tokenizer))
+    model = DescribeAnythingModel.from_config(config, tokenizer=tokenizer)
+    out = tmp_path_factory.mktemp("random-dam") / "model"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_dam_dir() -> Path:
+    override = os.environ.get("DAM_TEST_MODEL_DIR")
+    if override:
+        return Path(override)
+    from scripts.build_tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model("ci")
