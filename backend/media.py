@@ -1,0 +1,314 @@
+"""Fetch task media (images, videos) the way Label Studio serves it, safely.
+
+URL kinds:
+- "/data/upload/...", "/data/local-files/?d=..." and anything on LABEL_STUDIO_URL's host: fetched from Label Studio
+  with LABEL_STUDIO_API_KEY ("Token <legacy>" or, for a personal access token, "Bearer <access>" obtained at
+  /api/token/refresh/ and renewed before its 5-minute expiry).
+- s3://, gs://, azure-blob://, ...: presigned by Label Studio at /tasks/<id>/presign/?fileuri=<base64url>; its
+  redirect is followed WITHOUT the token.
+- plain http(s): no token; the host must pass the allow-list (MEDIA_ALLOWED_HOSTS) and resolve only to public
+  addresses unless MEDIA_ALLOW_PRIVATE (or the host is named in the allow-list).
+- local paths and file://: only under LOCAL_FILES_ROOT.
+
+The token only ever goes to the Label Studio host: redirects are followed by hand and lose it when they leave.
+Downloads are capped in bytes, images in pixels; results are cached on disk under sha256(url).
+Tokens never appear in logs or error messages.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote, urljoin, urlsplit
+
+import numpy as np
+
+from .errors import BackendError, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLOUD_SCHEMES = {"s3", "gs", "gcs", "azure-blob", "azure", "az"}
+_MAX_REDIRECTS = 5
+_REFRESH_MARGIN_S = 30.0
+
+
+class MediaError(BackendError):
+    """Media could not be used: the subclass status says why (502 unreachable, 413 too large, 400 bad URL)."""
+
+    status = 400
+
+
+def _jwt_claims(token: str) -> dict | None:
+    """Claims of a JWT without verifying it (we only need token_type and exp); None if not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def is_public_address(addr: str) -> bool:
+    """False for private, loopback, link-local, multicast, reserved and unspecified addresses."""
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+class LabelStudioAuth:
+    """Authorization header for Label Studio: legacy token or personal access token (JWT refresh flow)."""
+
+    def __init__(self, base_url: str, api_key: str, session, timeout: float) -> None:
+        self.base_url, self._key, self._session, self._timeout = base_url.rstrip("/"), api_key, session, timeout
+        claims = _jwt_claims(api_key) if api_key else None
+        self.is_pat = bool(claims and claims.get("token_type") == "refresh")
+        self._access: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+
+    def header(self) -> dict[str, str]:
+        if not self._key:
+            return {}
+        if not self.is_pat:
+            return {"Authorization": f"Token {self._key}"}
+        with self._lock:
+            if self._access is None or time.time() > self._expires_at - _REFRESH_MARGIN_S:
+                self._refresh()
+            return {"Authorization": f"Bearer {self._access}"}
+
+    def _refresh(self) -> None:
+        import requests
+
+        try:
+            resp = self._session.post(
+                f"{self.base_url}/api/token/refresh/", json={"refresh": self._key}, timeout=self._timeout, allow_redirects=False
+            )
+        except requests.Timeout:
+            raise UpstreamTimeout("Label Studio token refresh timed out") from None
+        except requests.RequestException as exc:
+            raise UpstreamError(f"Label Studio token refresh failed: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise UpstreamError(f"Label Studio refused the personal access token (HTTP {resp.status_code})")
+        access = resp.json().get("access")
+        if not access:
+            raise UpstreamError("Label Studio token refresh answered without an access token")
+        claims = _jwt_claims(access) or {}
+        self._access = access
+        self._expires_at = float(claims.get("exp", time.time() + 300))
+
+
+class MediaFetcher:
+    """Downloads and decodes task media. Thread-safe; one per process is enough."""
+
+    def __init__(self, settings: Settings, resolver: Callable[[str], list[str]] | None = None) -> None:
+        import requests
+
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc credentials sneaking in
+        self.ls_url = settings.label_studio_url.rstrip("/")
+        self._ls_host = urlsplit(self.ls_url).netloc.lower() if self.ls_url else ""
+        self.auth = LabelStudioAuth(self.ls_url, settings.label_studio_api_key, self.session, settings.media_timeout)
+        self._resolve = resolver or self._default_resolve
+        self.cache_dir = Path(settings.media_cache_dir) if settings.media_cache_dir else None
+
+    # ---------- URL routing ----------
+    @staticmethod
+    def _default_resolve(host: str) -> list[str]:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+
+    def _is_ls(self, url: str) -> bool:
+        return bool(self._ls_host) and urlsplit(url).netloc.lower() == self._ls_host
+
+    def _check_public_url(self, url: str) -> None:
+        """SSRF rules for a URL that is not Label Studio's: allow-list, then every resolved address."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"}:
+            raise MediaError(f"unsupported URL scheme {parts.scheme!r}")
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise MediaError("media URL has no host")
+        allowed = self.settings.allowed_hosts
+        named = host in allowed
+        if allowed and "*" not in allowed and not named:
+            raise UpstreamError(f"media host {host} is not in MEDIA_ALLOWED_HOSTS")
+        if named or self.settings.media_allow_private:
+            return
+        try:
+            addrs = self._resolve(host)
+        except OSError:
+            raise UpstreamError(f"media host {host} does not resolve") from None
+        if not addrs:
+            raise UpstreamError(f"media host {host} does not resolve")
+        for addr in addrs:
+            if not is_public_address(addr):
+                raise UpstreamError(f"media host {host} resolves to a non-public address ({addr}); refused")
+
+    def resolve_url(self, url: str, task_id: int | None = None) -> tuple[str, str]:
+        """(kind, absolute URL or path): kind is 'ls', 'cloud', 'http' or 'local'."""
+        if not isinstance(url, str) or not url.strip():
+            raise MediaError("task has no media URL")
+        url = url.strip()
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in CLOUD_SCHEMES:
+            if not self.ls_url:
+                raise MediaError(f"{scheme}:// media needs LABEL_STUDIO_URL to presign it")
+            if task_id is None:
+                raise MediaError(f"{scheme}:// media needs the task id to presign it")
+            fileuri = base64.urlsafe_b64encode(url.encode("utf-8")).decode("ascii")
+            return "cloud", f"{self.ls_url}/tasks/{int(task_id)}/presign/?fileuri={quote(fileuri)}"
+        if url.startswith("/data/") or url.startswith("/tasks/") or (url.startswith("/") and not os.path.exists(url) and self.ls_url):
+            if not self.ls_url:
+                raise MediaError(f"relative media URL {url.split('?')[0]} needs LABEL_STUDIO_URL")
+            return "ls", urljoin(self.ls_url + "/", url.lstrip("/"))
+        if scheme in {"http", "https"}:
+            return ("ls" if self._is_ls(url) else "http"), url
+        if scheme == "file" or scheme == "" :
+            return "local", url[7:] if scheme == "file" else url
+        raise MediaError(f"unsupported media URL scheme {scheme!r}")
+
+    # ---------- download ----------
+    def _read_local(self, path: str, max_bytes: int) -> bytes:
+        root = self.settings.local_files_root
+        if not root:
+            raise MediaError("local media paths are disabled (set LOCAL_FILES_ROOT)")
+        real_root = Path(root).resolve()
+        real = (real_root / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
+        if not real.is_relative_to(real_root):
+            raise MediaError("local media path is outside LOCAL_FILES_ROOT")
+        if not real.is_file():
+            raise UpstreamError(f"local media file not found: {real.name}")
+        if real.stat().st_size > max_bytes:
+            raise PayloadTooLarge(f"media is {real.stat().st_size} bytes, over the {max_bytes} byte limit")
+        return real.read_bytes()
+
+    def _get(self, url: str, with_token: bool, max_bytes: int) -> bytes:
+        """GET following redirects by hand: the token is dropped as soon as a hop leaves Label Studio's host."""
+        import requests
+
+        for _ in range(_MAX_REDIRECTS + 1):
+            token_here = with_token and self._is_ls(url)
+            if not token_here and not self._is_ls(url):
+                self._check_public_url(url)
+            headers = self.auth.header() if token_here else {}
+            try:
+                resp = self.session.get(url, headers=headers, timeout=self.settings.media_timeout, stream=True, allow_redirects=False)
+            except requests.Timeout:
+                raise UpstreamTimeout(f"media download timed out ({urlsplit(url).netloc})") from None
+            except requests.RequestException as exc:
+                raise UpstreamError(f"media unreachable ({urlsplit(url).netloc}): {type(exc).__name__}") from None
+            with resp:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise UpstreamError("media redirect without a Location")
+                    url = urljoin(url, location)
+                    continue
+                if resp.status_code != 200:
+                    hint = " (check LABEL_STUDIO_API_KEY)" if resp.status_code in (401, 403) and token_here else ""
+                    raise UpstreamError(f"media download answered HTTP {resp.status_code} ({urlsplit(url).netloc}){hint}")
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise PayloadTooLarge(f"media is {declared} bytes, over the {max_bytes} byte limit")
+                buf = bytearray()
+                try:
+                    for chunk in resp.iter_content(1 << 16):
+                        buf += chunk
+                        if len(buf) > max_bytes:
+                            raise PayloadTooLarge(f"media is over the {max_bytes} byte limit")
+                except requests.Timeout:
+                    raise UpstreamTimeout("media download timed out") from None
+                except requests.RequestException as exc:
+                    raise UpstreamError(f"media download failed: {type(exc).__name__}") from None
+                return bytes(buf)
+        raise UpstreamError("too many media redirects")
+
+    def _cache_path(self, url: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+    def fetch_bytes(self, url: str, task_id: int | None = None, max_bytes: int | None = None) -> bytes:
+        """The raw bytes of a task's media (cached on disk by URL hash)."""
+        max_bytes = max_bytes or self.settings.media_max_bytes
+        kind, where = self.resolve_url(url, task_id)
+        if kind == "local":
+            return self._read_local(where, max_bytes)
+        cache = self._cache_path(url if kind == "cloud" else where)
+        if cache is not None and cache.is_file():
+            if cache.stat().st_size <= max_bytes:
+                return cache.read_bytes()
+        data = self._get(where, with_token=kind in {"ls", "cloud"}, max_bytes=max_bytes)
+        if cache is not None:
+            self._write_cache(cache, data)
+        return data
+
+    def fetch_path(self, url: str, task_id: int | None = None, max_bytes: int | None = None) -> Path:
+        """A local file holding the media (for video decoders that want a path)."""
+        kind, where = self.resolve_url(url, task_id)
+        if kind == "local":
+            self._read_local(where, 1 << 62)  # the checks only
+            root = Path(self.settings.local_files_root).resolve()
+            return (root / where).resolve() if not os.path.isabs(where) else Path(where).resolve()
+        data = self.fetch_bytes(url, task_id, max_bytes)
+        cache = self._cache_path(url if kind == "cloud" else where)
+        if cache is not None and cache.is_file():
+            return cache
+        fd, tmp = tempfile.mkstemp(prefix="media-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return Path(tmp)
+
+    @staticmethod
+    def _write_cache(path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a cache failure never fails the request
+            log.warning("media cache write failed: %s", exc)
+
+    # ---------- decode ----------
+    def load_image(self, url: str, task_id: int | None = None) -> np.ndarray:
+        """The task image as HxWx3 uint8 RGB, EXIF orientation applied."""
+        return decode_image(self.fetch_bytes(url, task_id), self.settings.media_max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode image bytes to HxWx3 uint8 RGB with EXIF orientation applied; PayloadTooLarge over `max_pixels`."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's decompression-bomb guard: warns above, raises above 2x
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise PayloadTooLarge(f"image is {img.width}x{img.height}, over the {max_pixels} pixel limit")
+                img = ImageOps.exif_transpose(img)
+                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLarge(f"image is over the {max_pixels} pixel limit") from None
+    except UnidentifiedImageError:
+        raise MediaError("media is not a decodable image", status=422) from None
+    except OSError as exc:
+        raise MediaError(f"image could not be decoded: {exc}", status=422) from None

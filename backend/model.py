@@ -1,0 +1,429 @@
+"""The model class Label Studio talks to: setup(), predict(tasks, context), fit(event, data).
+
+It is a thin adapter: label config -> regions (masks) -> dam_model (SAM 2 masks, DAM captions) -> result items.
+
+- Interactive (context.result holds the regions just drawn): smart keypoints (TOP-LEVEL is_positive gives the
+  polarity) and/or a smart rectangle make ONE new region: SAM 2 mask -> brushlabels (RLE, 255) then a textarea
+  with the same uuid4 id. A brush drawn by the annotator gets a caption (its brush item is echoed first).
+- Batch (no context): every region already in the task (annotations, drafts, predictions, task.data["regions"])
+  is captioned with ONE describe(image, masks) call per image; tasks without regions follow NO_REGION_MODE.
+- Video: each VideoRectangle track -> SAM 2 masklet (box prompt on its first keyframe, propagated) or, without a
+  segmenter, the interpolated boxes -> describe_video(8 sampled frames) -> a textarea on the track's id.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import results as R
+from .errors import BackendError, BadRequest, ModelUnavailable, Unprocessable
+from .jobs import TrainingJobs
+from .label_config import LabelConfigError, ParsedConfig, parse_label_config
+from .media import MediaFetcher
+from .model_store import LoadedModel, ModelStore, SegmenterStore
+from .rle import RLEError, decode_rle
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUERY = "<image>\nDescribe the masked region in detail."
+GEOMETRY_TYPES = {"brushlabels", "brush", "rectanglelabels", "rectangle", "keypointlabels", "keypoint", "videorectangle"}
+TRAINING_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED",
+                   "ANNOTATIONS_CREATED", "START_TRAINING"}
+
+
+def _labels_of(item: dict[str, Any]) -> list[str]:
+    value = item.get("value") or {}
+    for key in ("brushlabels", "rectanglelabels", "keypointlabels", "labels", "polygonlabels"):
+        if isinstance(value.get(key), list) and value[key]:
+            return [str(v) for v in value[key]]
+    return []
+
+
+def _pct_box(value: dict[str, Any], width: int, height: int) -> np.ndarray:
+    """Percent x/y/width/height (top-left corner) -> pixel (x0, y0, x1, y1), clipped to the image."""
+    try:
+        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest("rectangle needs numeric x, y, width, height") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise BadRequest("rectangle has a non-finite or empty geometry")
+    x0, y0 = x / 100.0 * width, y / 100.0 * height
+    x1, y1 = (x + w) / 100.0 * width, (y + h) / 100.0 * height
+    return np.array([max(0.0, x0), max(0.0, y0), min(width - 1.0, x1), min(height - 1.0, y1)], dtype=np.float32)
+
+
+def _box_mask(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask[max(0, y0) : min(height, y1 + 1), max(0, x0) : min(width, x1 + 1)] = True
+    return mask
+
+
+class DAMBackend:
+    """One instance per process (models live in the stores; this object only holds references)."""
+
+    def __init__(self, settings: Settings, store: ModelStore, segmenters: SegmenterStore, fetcher: MediaFetcher,
+                 jobs: TrainingJobs, metrics=None) -> None:
+        self.settings = settings
+        self.store = store
+        self.segmenters = segmenters
+        self.fetcher = fetcher
+        self.jobs = jobs
+        self.metrics = metrics
+        self.label_config: str | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, label_config: str, project: str | None = None, extra_params: dict | None = None) -> str:
+        """Validate the label config (LabelConfigError names what is missing), start warming the model, return the version."""
+        parse_label_config(label_config)
+        self.label_config = label_config
+        self.store.warm_up_async()
+        return self.store.model_version
+
+    @property
+    def model_version(self) -> str:
+        return self.store.model_version
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, tasks: Sequence[dict[str, Any]], context: dict[str, Any] | None = None,
+                label_config: str | None = None) -> list[dict[str, Any]]:
+        """One prediction per task, in order: {"result": [...], "score": f, "model_version": v}."""
+        xml = label_config or self.label_config
+        if not xml:
+            raise BadRequest("no label config: send label_config with /predict or call /setup first")
+        try:
+            cfg = parse_label_config(xml)
+        except LabelConfigError as exc:
+            raise Unprocessable(str(exc)) from None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("tasks must be a list of objects")
+        loaded = self.store.get()  # one reference for the whole request: a swap cannot change it midway
+        ctx_results = (context or {}).get("result") if isinstance(context, dict) else None
+        if ctx_results:
+            if not isinstance(ctx_results, list):
+                raise BadRequest("context.result must be a list")
+            if len(tasks) != 1:
+                raise BadRequest("an interactive request carries exactly one task")
+            return [self._interactive(tasks[0], ctx_results, cfg, loaded)]
+        out = []
+        for task in tasks:
+            try:
+                out.append(self._batch_task(task, cfg, loaded))
+            except BackendError as exc:
+                if len(tasks) == 1:
+                    raise  # a single task: the status code tells Label Studio (and the log) what went wrong
+                # Batch: one broken task must not lose the others; it gets an empty result.
+                log.warning("task %s: no prediction (%s)", task.get("id"), exc)
+                out.append(R.prediction([], [], loaded.version))
+        return out
+
+    # --- helpers
+    def _image(self, task: dict[str, Any], cfg: ParsedConfig) -> np.ndarray:
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise BadRequest(f"task {task.get('id')} has no data object")
+        url = data.get(cfg.obj.value_key)
+        if not url:
+            raise BadRequest(f"task {task.get('id')} has no data.{cfg.obj.value_key}")
+        return self.fetcher.load_image(url, task.get("id"))
+
+    def _query(self, labels: Iterable[str]) -> str | None:
+        """The region's label when CATEGORY_HINT is on (None: the model's default query)."""
+        labels = [l for l in labels if l]
+        if self.settings.category_hint and labels:
+            return labels[0]
+        return None
+
+    @staticmethod
+    def category_query(model: Any, label: str) -> str:
+        """The model's own image query with the label spliced in:
+        "<image>\nDescribe the masked region (a {label}) in detail." for DAM-3B."""
+        base = getattr(getattr(model, "config", None), "image_query", None) or DEFAULT_QUERY
+        label = " ".join(str(label).split())[:64]
+        if "the masked region" in base:
+            return base.replace("the masked region", f"the masked region (a {label})", 1)
+        return base.rstrip() + f" The region is a {label}."
+
+    def _describe(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray],
+                  queries: list[str | None]) -> list[Any]:
+        """Captions for all masks of one image: one batched call per distinct query (one call without hints)."""
+        captions: list[Any] = [None] * len(masks)
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q, []).append(i)
+        for query, idx in groups.items():
+            gen: dict[str, Any] = {"max_new_tokens": self.settings.max_new_tokens}
+            if query is not None:
+                gen["query"] = self.category_query(loaded.model, query)
+            got = loaded.model.describe(image, [masks[i] for i in idx], **gen)
+            if len(got) != len(idx):
+                raise BackendError(f"model returned {len(got)} captions for {len(idx)} masks")
+            for i, cap in zip(idx, got):
+                captions[i] = cap
+        if self.metrics is not None:
+            self.metrics.regions.inc(len(masks), kind="image")
+        return captions
+
+    def _segmenter(self):
+        try:
+            return self.segmenters.get()
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ModelUnavailable(f"segmenter unavailable: {exc}") from None
+
+    def _mask_of(self, item: dict[str, Any], image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(mask HxW bool, mask score or None) of an existing region item."""
+        height, width = image.shape[:2]
+        kind = str(item.get("type", "")).lower()
+        value = item.get("value") or {}
+        ow, oh = item.get("original_width"), item.get("original_height")
+        if kind in {"brushlabels", "brush"}:
+            if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
+                raise Unprocessable(f"brush region {item.get('id')} has no RLE list")
+            if (ow, oh) != (width, height):
+                raise Unprocessable(f"brush region {item.get('id')} is {ow}x{oh} but the image is {width}x{height}")
+            try:
+                return decode_rle(value["rle"], height, width) > 0, None
+            except RLEError as exc:
+                raise Unprocessable(f"brush region {item.get('id')}: {exc}") from None
+        if kind in {"rectanglelabels", "rectangle"}:
+            box = _pct_box(value, width, height)
+            seg = self._segmenter()
+            if seg is None:
+                return _box_mask(box, width, height), None
+            pred = seg.predict(image, box=box)
+            return np.asarray(pred.mask, dtype=bool), float(pred.score)
+        if kind in {"keypointlabels", "keypoint"}:
+            seg = self._segmenter()
+            if seg is None:
+                raise Unprocessable("keypoint regions need a segmenter (SEGMENTER=sam2 or color)")
+            pt = self._point(value, width, height)
+            pred = seg.predict(image, points=np.array([pt], dtype=np.float32), labels=np.array([1], dtype=np.int32))
+            return np.asarray(pred.mask, dtype=bool), float(pred.score)
+        raise Unprocessable(f"unsupported region type {kind!r}")
+
+    @staticmethod
+    def _point(value: dict[str, Any], width: int, height: int) -> tuple[float, float]:
+        try:
+            x, y = float(value["x"]), float(value["y"])
+        except (KeyError, TypeError, ValueError):
+            raise BadRequest("keypoint needs numeric x and y") from None
+        if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
+            raise BadRequest(f"keypoint ({x}, {y}) lies outside the image (percent 0..100)")
+        return min(x / 100.0 * width, width - 1.0), min(y / 100.0 * height, height - 1.0)
+
+    # --- interactive
+    def _interactive(self, task: dict[str, Any], ctx: list[dict[str, Any]], cfg: ParsedConfig,
+                     loaded: LoadedModel) -> dict[str, Any]:
+        if cfg.is_video:
+            raise Unprocessable("interactive prompts are for images; video tracks are described in batch")
+        image = self._image(task, cfg)
+        height, width = image.shape[:2]
+        items = [r for r in ctx if isinstance(r, dict)]
+        points, point_labels, box, prompt_labels = [], [], None, []
+        brushes = []
+        for item in items:
+            kind = str(item.get("type", "")).lower()
+            value = item.get("value") or {}
+            if kind in {"keypointlabels", "keypoint"}:
+                points.append(self._point(value, width, height))
+                point_labels.append(0 if item.get("is_positive") is False else 1)
+                prompt_labels += _labels_of(item) if item.get("is_positive") is not False else []
+            elif kind in {"rectanglelabels", "rectangle"}:
+                box = _pct_box(value, width, height)  # the last rectangle wins: one region per request
+                prompt_labels += _labels_of(item)
+            elif kind in {"brushlabels", "brush"}:
+                brushes.append(item)
+        masks, queries, scores_mask, emit = [], [], [], []
+        for item in brushes:
+            mask, _ = self._mask_of(item, image)
+            masks.append(mask)
+            queries.append(self._query(_labels_of(item)))
+            scores_mask.append(None)
+            emit.append(("echo", item))
+        if points or box is not None:
+            seg = self._segmenter()
+            if seg is None:
+                if points:
+                    raise Unprocessable("smart keypoints need a segmenter (SEGMENTER=sam2 or color)")
+                mask, mscore = _box_mask(box, width, height), None
+            else:
+                pred = seg.predict(
+                    image,
+                    points=np.array(points, dtype=np.float32) if points else None,
+                    labels=np.array(point_labels, dtype=np.int32) if points else None,
+                    box=box,
+                )
+                mask, mscore = np.asarray(pred.mask, dtype=bool), float(pred.score)
+            labels = self._brush_labels(cfg, prompt_labels)
+            masks.append(mask)
+            queries.append(self._query(labels))
+            scores_mask.append(mscore)
+            emit.append(("new", labels))
+        if not masks:
+            return R.prediction([], [], loaded.version)
+        captions = self._describe(loaded, image, masks, queries)
+        out, scores = [], []
+        for (what, payload), mask, cap, mscore in zip(emit, masks, captions, scores_mask):
+            score = R.region_score(cap.confidence, mscore)
+            if what == "echo":
+                region_id = str(payload.get("id") or R.new_region_id())
+                out.append(R.echo_result({**payload, "id": region_id}, loaded.version))
+            else:
+                region_id = R.new_region_id()
+                if cfg.brush is None:
+                    raise Unprocessable("label config has no <BrushLabels> to hold the predicted mask")
+                out.append(R.brush_result(cfg, region_id, mask, payload, loaded.version, score))
+            out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
+            scores.append(score)
+        return R.prediction(out, scores, loaded.version)
+
+    @staticmethod
+    def _brush_labels(cfg: ParsedConfig, prompt_labels: list[str]) -> list[str]:
+        if cfg.brush is None:
+            return prompt_labels
+        if not cfg.brush.labels:
+            return prompt_labels
+        matching = [l for l in dict.fromkeys(prompt_labels) if l in cfg.brush.labels]
+        return matching or [cfg.brush.labels[0]]
+
+    # --- batch
+    @staticmethod
+    def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Geometry items already present in a task, first occurrence of each id wins:
+        annotations, then drafts, then predictions, then task.data["regions"] (region data imported with the task)."""
+        seen: dict[str, dict[str, Any]] = {}
+        sources: list[Any] = []
+        for key in ("annotations", "drafts", "predictions"):
+            for entry in task.get(key) or []:
+                if isinstance(entry, dict) and not entry.get("was_cancelled"):
+                    sources.append(entry.get("result") or [])
+        data = task.get("data")
+        if isinstance(data, dict) and isinstance(data.get("regions"), list):
+            sources.append(data["regions"])
+        for result in sources:
+            if not isinstance(result, list):
+                continue
+            for item in result:
+                if not isinstance(item, dict) or str(item.get("type", "")).lower() not in GEOMETRY_TYPES:
+                    continue
+                rid = str(item.get("id") or "")
+                if rid and rid in seen:
+                    continue
+                seen[rid or R.new_region_id()] = item
+        return list(seen.values())
+
+    def _batch_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
+        if cfg.is_video:
+            return self._video_task(task, cfg, loaded)
+        regions = [r for r in self.collect_regions(task) if str(r.get("type")).lower() != "videorectangle"]
+        if not regions and self.settings.no_region_mode == "skip":
+            return R.prediction([], [], loaded.version)
+        image = self._image(task, cfg)
+        height, width = image.shape[:2]
+        masks, mask_scores, queries = [], [], []
+        if regions:
+            for item in regions:
+                mask, mscore = self._mask_of(item, image)
+                masks.append(mask)
+                mask_scores.append(mscore)
+                queries.append(self._query(_labels_of(item)))
+        else:  # NO_REGION_MODE=auto: describe everything SAM 2 finds
+            seg = self._segmenter()
+            if seg is None:
+                raise Unprocessable("NO_REGION_MODE=auto needs a segmenter (SEGMENTER=sam2 or color)")
+            if cfg.brush is None:
+                raise Unprocessable("NO_REGION_MODE=auto needs a <BrushLabels> to hold the masks")
+            if not hasattr(seg, "automatic_masks"):
+                raise Unprocessable(f"NO_REGION_MODE=auto needs SAM 2 ({type(seg).__name__} has no automatic masks)")
+            found = seg.automatic_masks(image, max_masks=self.settings.auto_max_masks, min_area=self.settings.auto_min_area)
+            for pred in found[: self.settings.auto_max_masks]:
+                masks.append(np.asarray(pred.mask, dtype=bool))
+                mask_scores.append(float(pred.score))
+                queries.append(None)
+        if not masks:
+            return R.prediction([], [], loaded.version)
+        captions = self._describe(loaded, image, masks, queries)
+        out, scores = [], []
+        default_labels = [cfg.brush.labels[0]] if cfg.brush is not None and cfg.brush.labels else []
+        for i, (mask, cap, mscore) in enumerate(zip(masks, captions, mask_scores)):
+            score = R.region_score(cap.confidence, mscore)
+            if regions:
+                item = regions[i]
+                region_id = str(item.get("id") or R.new_region_id())
+                out.append(R.echo_result({**item, "id": region_id}, loaded.version))
+            else:
+                region_id = R.new_region_id()
+                out.append(R.brush_result(cfg, region_id, mask, default_labels, loaded.version, score))
+            out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
+            scores.append(score)
+        return R.prediction(out, scores, loaded.version)
+
+    # --- video
+    def _video_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
+        from .video import decode_video, interpolate_track, sample_frame_indices
+
+        tracks = [r for r in self.collect_regions(task) if str(r.get("type")).lower() == "videorectangle"]
+        if not tracks:
+            return R.prediction([], [], loaded.version)
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        url = data.get(cfg.obj.value_key)
+        if not url:
+            raise BadRequest(f"task {task.get('id')} has no data.{cfg.obj.value_key}")
+        path = self.fetcher.fetch_path(url, task.get("id"), max_bytes=self.settings.video_max_bytes)
+        frames = decode_video(path, max_pixels=self.settings.media_max_pixels)
+        if not frames:
+            raise Unprocessable("video has no decodable frames")
+        height, width = frames[0].shape[:2]
+        seg = self._segmenter()
+        per_track: dict[str, list[np.ndarray]] = {}
+        prompts = []
+        for item in tracks:
+            rid = str(item.get("id"))
+            seq = [s for s in (item.get("value") or {}).get("sequence") or [] if isinstance(s, dict)]
+            if not seq:
+                raise Unprocessable(f"video track {rid} has no sequence")
+            if seg is None or not hasattr(seg, "track_video"):
+                per_track[rid] = interpolate_track(seq, len(frames), width, height)
+            else:
+                key = sorted((s for s in seq if s.get("enabled", True)), key=lambda s: int(s.get("frame", 1)))
+                key = key or sorted(seq, key=lambda s: int(s.get("frame", 1)))
+                first = key[0]
+                frame_index = min(max(int(first.get("frame", 1)) - 1, 0), len(frames) - 1)
+                prompts.append({"frame_index": frame_index, "obj_id": rid, "box": _pct_box(first, width, height)})
+        if prompts and seg is not None:
+            tracked = seg.track_video(frames, prompts)
+            for rid, masks in tracked.items():
+                per_track[str(rid)] = [np.asarray(m, dtype=bool) for m in masks]
+        out, scores = [], []
+        for item in tracks:
+            rid = str(item.get("id"))
+            masks = per_track.get(rid) or []
+            idx = sample_frame_indices(masks, self.settings.video_frames)
+            if not idx:
+                log.warning("task %s: track %s is empty on every frame; skipped", task.get("id"), rid)
+                continue
+            cap = loaded.model.describe_video([frames[i] for i in idx], [masks[i] for i in idx])
+            if self.metrics is not None:
+                self.metrics.regions.inc(1, kind="video")
+            score = R.region_score(cap.confidence)
+            out.append(R.echo_result(item, loaded.version))
+            text = R.textarea_result(cfg, rid, cap.text, width, height, loaded.version, score)
+            out.append(text)
+            scores.append(score)
+        return R.prediction(out, scores, loaded.version)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Record the event (cheap); START_TRAINING launches the training job out of process."""
+        self.jobs.record(event, data)
+        if event == "START_TRAINING":
+            return {"training": self.jobs.start()}
+        return {"recorded": event}

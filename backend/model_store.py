@@ -1,0 +1,299 @@
+"""One loaded DAM (and one segmenter) per process: lazy, locked, hot-swapped when a new version is promoted.
+
+The promoted-model pointer `<MODELS_ROOT>/current.json` (written atomically by scripts/promote.py):
+    {"version": str, "path": "versions/<version>", "promoted_at": ISO-8601, "previous": str | null, "metrics": {...}}
+A poller thread checks it every MODEL_POLL_SECONDS (mtime and content); a new version is loaded in the
+background and swapped in under a lock. Requests take a `LoadedModel` reference at their start and keep using
+it, so a swap never fails an in-flight request. A version that fails to load is logged and skipped (the old
+model keeps serving) until the pointer changes again.
+
+Without a pointer the store serves DAM_MODEL; its model_version is "<MODEL_NAME>-<8 hex>" where the hex is a
+hash of the folder's config.json and weight index (or of the hub id when it is not a local folder).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str, str, str], Any]  # (path_or_hub_id, device, dtype) -> model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: `source` (folder or hub id) and the `version` it will serve as."""
+
+    version: str
+    source: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    source: str
+    model: Any
+    load_seconds: float
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def folder_version(name: str, source: str) -> str:
+    """"<name>-<8 hex>": hash of config.json + weight index (file names and sizes), or of the hub id."""
+    folder = Path(source)
+    digest = hashlib.sha256()
+    if folder.is_dir():
+        for item in sorted(folder.rglob("*")):
+            if not item.is_file():
+                continue
+            rel = item.relative_to(folder).as_posix()
+            if item.suffix == ".json" or item.name.endswith(".index.json"):
+                digest.update(rel.encode() + b"\0" + item.read_bytes())
+            elif item.suffix in {".safetensors", ".bin", ".model"}:
+                digest.update(f"{rel}\0{item.stat().st_size}\0{int(item.stat().st_mtime)}".encode())
+    else:
+        digest.update(source.encode())
+    return f"{name}-{digest.hexdigest()[:8]}"
+
+
+def default_loader(source: str, device: str, dtype: str) -> Any:
+    """Load a DescribeAnythingModel (official DAM layout or hub id)."""
+    from dam_model.modeling import DescribeAnythingModel
+
+    return DescribeAnythingModel.from_pretrained(source, device=device, dtype=dtype)
+
+
+class ModelStore:
+    """Process-wide holder of the serving model. Thread-safe."""
+
+    def __init__(self, settings: Settings, loader: Loader | None = None, metrics=None) -> None:
+        self.settings = settings
+        self.loader = loader or default_loader
+        self.metrics = metrics
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self._current: LoadedModel | None = None
+        self._load_lock = threading.Lock()  # one load at a time
+        self._swap_lock = threading.Lock()  # guards _current
+        self._pointer_sig: tuple | None = None
+        self._failed_versions: set[str] = set()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._warming: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    # ---------- what to serve ----------
+    @property
+    def pointer_path(self) -> Path | None:
+        root = self.settings.models_root_path
+        return root / "current.json" if root else None
+
+    def _read_pointer(self) -> tuple[tuple, ModelSpec] | None:
+        """(signature, spec) of current.json, or None when absent. Raises ValueError when malformed."""
+        path = self.pointer_path
+        if path is None or not path.is_file():
+            return None
+        raw = path.read_bytes()
+        sig = (path.stat().st_mtime_ns, hashlib.sha256(raw).hexdigest())
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(data.get("path"), str):
+            raise ValueError(f"{path} needs string 'version' and 'path'")
+        folder = Path(data["path"])
+        if not folder.is_absolute():
+            folder = path.parent / folder
+        return sig, ModelSpec(version=data["version"], source=str(folder))
+
+    def wanted(self) -> ModelSpec:
+        """The spec that should be served now (the pointer's, else DAM_MODEL's)."""
+        try:
+            read = self._read_pointer()
+        except (OSError, ValueError) as exc:
+            log.warning("promoted-model pointer unreadable: %s", exc)
+            read = None
+        if read is not None:
+            return read[1]
+        return ModelSpec(folder_version(self.settings.model_name, self.settings.dam_model), self.settings.dam_model)
+
+    @property
+    def model_version(self) -> str:
+        """The version served now (the loaded one; before any load, the one that will load). Never loads."""
+        current = self._current
+        return current.version if current is not None else self.wanted().version
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._current
+
+    # ---------- loading ----------
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        start = time.perf_counter()
+        model = self.loader(spec.source, self.device, self.dtype)
+        seconds = time.perf_counter() - start
+        log.info("loaded model %s from %s in %.1f s on %s", spec.version, spec.source, seconds, self.device)
+        if self.metrics is not None:
+            self.metrics.model_load.set(seconds, model_version=spec.version)
+            self.metrics.model_loads.inc(outcome="ok")
+        return LoadedModel(spec.version, spec.source, model, seconds)
+
+    def _install(self, loaded: LoadedModel) -> None:
+        with self._swap_lock:
+            self._current = loaded  # the old object lives on while requests still hold it
+        if self.metrics is not None:
+            self.metrics.model_info.clear()
+            self.metrics.model_info.set(1, model_version=loaded.version)
+
+    def get(self) -> LoadedModel:
+        """The serving model, loading it on first use (other threads wait for that load)."""
+        current = self._current
+        if current is not None:
+            return current
+        with self._load_lock:
+            if self._current is not None:
+                return self._current
+            spec = self.wanted()
+            try:
+                self._install(self._load(spec))
+            except Exception as exc:  # noqa: BLE001 - any loader failure is reported as 503
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.model_loads.inc(outcome="failed")
+                log.exception("model %s failed to load", spec.version)
+                raise ModelUnavailable(f"model {spec.version} failed to load: {type(exc).__name__}: {exc}") from None
+            return self._current  # type: ignore[return-value]
+
+    def warm_up_async(self) -> None:
+        """Start loading in the background (returns at once; /setup calls this)."""
+        if self._current is not None or (self._warming is not None and self._warming.is_alive()):
+            return
+
+        def run() -> None:
+            try:
+                self.get()
+            except Exception:  # noqa: BLE001 - logged in get()
+                pass
+
+        self._warming = threading.Thread(target=run, name="model-warmup", daemon=True)
+        self._warming.start()
+
+    def wait_warm(self, timeout: float | None = None) -> None:
+        if self._warming is not None:
+            self._warming.join(timeout)
+
+    # ---------- hot swap ----------
+    def check_pointer(self) -> bool:
+        """Load and swap in the pointer's version if it changed; True when a swap happened. Never raises."""
+        try:
+            read = self._read_pointer()
+        except (OSError, ValueError) as exc:
+            log.warning("promoted-model pointer unreadable, keeping %s: %s", self.model_version, exc)
+            return False
+        if read is None:
+            return False
+        sig, spec = read
+        if sig == self._pointer_sig:
+            return False
+        current = self._current
+        if current is not None and current.version == spec.version and current.source == spec.source:
+            self._pointer_sig = sig
+            return False
+        if spec.version in self._failed_versions and sig == self._pointer_sig:
+            return False
+        with self._load_lock:
+            try:
+                loaded = self._load(spec)
+            except Exception as exc:  # noqa: BLE001 - a broken version must not take the server down
+                self._failed_versions.add(spec.version)
+                self._pointer_sig = sig  # do not retry until the pointer changes again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.model_loads.inc(outcome="failed")
+                log.error("new model %s failed to load; still serving %s: %s", spec.version, self.model_version, exc)
+                return False
+            self._install(loaded)
+            self._pointer_sig = sig
+        return True
+
+    def start_polling(self) -> None:
+        """Start the pointer poller (no-op without MODELS_ROOT or with MODEL_POLL_SECONDS=0)."""
+        if self.pointer_path is None or self.settings.model_poll_seconds <= 0 or self._poller is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.model_poll_seconds):
+                if self._current is not None:  # before the first load, get() reads the pointer itself
+                    self.check_pointer()
+
+        self._poller = threading.Thread(target=loop, name="model-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class SegmenterStore:
+    """One segmenter per process (SEGMENTER=sam2 | region | none), built lazily under a lock."""
+
+    def __init__(self, settings: Settings, factory: Callable[[], Any] | None = None, device: str = "cpu") -> None:
+        self.settings = settings
+        self._factory = factory
+        self._device = device
+        self._segmenter: Any = None
+        self._built = False
+        self._lock = threading.Lock()
+
+    def _build(self) -> Any:
+        if self._factory is not None:
+            return self._factory()
+        kind = self.settings.segmenter
+        if kind == "none":
+            return None
+        if kind in {"region", "color"}:
+            from dam_model.segmentation import RegionGrowSegmenter
+
+            return RegionGrowSegmenter()
+        from dam_model.segmentation.sam2_segmenter import Sam2Segmenter
+
+        if not self.settings.sam2_checkpoint:
+            raise ModelUnavailable("SEGMENTER=sam2 needs SAM2_CHECKPOINT (or set SEGMENTER=region or none)")
+        return Sam2Segmenter.from_checkpoint(self.settings.sam2_config, self.settings.sam2_checkpoint, device=self._device,
+                                             dtype="bfloat16" if self._device.startswith("cuda") else "float32")
+
+    def get(self) -> Any:
+        """The segmenter, or None when SEGMENTER=none."""
+        if self._built:
+            return self._segmenter
+        with self._lock:
+            if not self._built:
+                try:
+                    self._segmenter = self._build()
+                except ModelUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise ModelUnavailable(f"segmenter failed to load: {type(exc).__name__}: {exc}") from None
+                self._built = True
+        return self._segmenter

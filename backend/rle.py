@@ -1,0 +1,220 @@
+"""Label Studio brush RLE (thi.ng rle-pack), vectorised with numpy.
+
+Label Studio stores a brush mask as the RGBA image flattened row-major (every pixel value repeated 4 times),
+packed into an MSB-first bitstream:
+
+    32 bits  num (= H * W * 4)
+     5 bits  word size - 1 (7: 8-bit values)
+    4x4 bits run-length field sizes - 1 (sizes [3, 4, 8, 16])
+    chunks:  1 flag bit (1 = repeat run, 0 = literal run), 2 bits size index, length - 1 in that many bits,
+             then one value (repeat) or `length` values (literal)
+    zero padding to a byte (a whole zero byte when already aligned, as the reference encoder does)
+
+`encode_rle` is byte-identical to `label_studio_sdk.converter.brush.mask2rle` (the reference): a run of
+one value is a literal chunk, longer runs are repeat chunks with the smallest field that fits, and runs
+longer than 65536 are split into 65536-long chunks followed by the remainder in a 16-bit chunk.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["encode_rle", "decode_rle", "encode_values", "decode_values", "RLEError"]
+
+_WORD_BITS = 8
+_SIZES = (3, 4, 8, 16)
+_HEADER_BITS = 32 + 5 + 16
+_MAX_CHUNK = 1 << 16
+# Below this many runs a Python slice loop fills the output faster than np.repeat.
+_SLICE_FILL_MAX_RUNS = 20000
+
+
+class RLEError(ValueError):
+    """The RLE is malformed or does not match the expected image size."""
+
+
+def _mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """Bool masks become 0/255 (Label Studio draws the alpha channel: a 0/1 mask is invisible)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H x W), got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask.view(np.uint8) * np.uint8(255)
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError("mask values must lie in 0..255")
+        return mask.astype(np.uint8)
+    return mask
+
+
+def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run starts and values of a 1-D uint8 array (one pass of comparisons, no Python loop)."""
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.empty(change.size + 1, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = change
+    return starts, flat[starts]
+
+
+def _pack_chunks(lengths: np.ndarray, values: np.ndarray, num: int) -> list[int]:
+    """Bitstream of runs (lengths >= 1, values 0..255) exactly as the reference encoder writes it."""
+    lengths = lengths.astype(np.int64, copy=False)
+    # Runs over 65536 become k full 65536-chunks plus the remainder (which keeps the 16-bit field).
+    extra = np.where(lengths > _MAX_CHUNK, (lengths - 1) // _MAX_CHUNK, 0)
+    if extra.any():
+        reps = extra + 1
+        last = np.cumsum(reps) - 1
+        chunk_len = np.full(int(reps.sum()), _MAX_CHUNK, dtype=np.int64)
+        chunk_len[last] = lengths - extra * _MAX_CHUNK
+        chunk_val = np.repeat(values, reps)
+        chunk_idx = np.full(chunk_len.size, 3, dtype=np.int64)
+        chunk_idx[last] = np.searchsorted(np.array([8, 16, 256]), lengths, side="left")
+    else:
+        chunk_len, chunk_val = lengths, values
+        chunk_idx = np.searchsorted(np.array([8, 16, 256]), lengths, side="left")
+    size_bits = np.array(_SIZES, dtype=np.int64)[chunk_idx]
+    flag = (chunk_len > 1) | (chunk_idx == 3)  # a 16-bit remainder of 1 is still a repeat chunk
+    # One integer per chunk: flag | idx | length-1 | value, at most 27 bits wide.
+    width = 3 + size_bits + _WORD_BITS
+    code = (
+        (flag.astype(np.int64) << (width - 1))
+        | (chunk_idx << (width - 3))
+        | ((chunk_len - 1) << _WORD_BITS)
+        | chunk_val.astype(np.int64)
+    )
+    header = (num << 21) | ((_WORD_BITS - 1) << 16) | 0x237F  # sizes-1 = 2, 3, 7, 15
+    bits = np.unpackbits(code.astype(">u4").view(np.uint8).reshape(-1, 4), axis=1)  # [n, 32]
+    keep = np.arange(32)[None, :] >= (32 - width)[:, None]
+    header_bits = np.unpackbits(np.array([header], dtype=">u8").view(np.uint8))[64 - _HEADER_BITS :]
+    stream = np.concatenate([header_bits, bits[keep]])
+    pad = 8 - stream.size % 8  # 1..8, like the reference (a full zero byte when aligned)
+    stream = np.concatenate([stream, np.zeros(pad, dtype=np.uint8)])
+    return np.packbits(stream).tolist()
+
+
+def encode_values(values: np.ndarray | Sequence[int]) -> list[int]:
+    """RLE of a flat array of 8-bit values (0..255), byte-identical to the reference `encode_rle`."""
+    flat = np.ascontiguousarray(values, dtype=np.uint8).ravel()
+    if flat.size == 0:
+        raise ValueError("cannot encode an empty array")
+    starts, vals = _runs(flat)
+    lengths = np.diff(np.append(starts, flat.size))
+    return _pack_chunks(lengths, vals, flat.size)
+
+
+def encode_rle(mask: np.ndarray) -> list[int]:
+    """Brush RLE of an H x W mask (bool -> 0/255, or uint8 values), as Label Studio's `value.rle` list.
+
+    Byte-identical to `label_studio_sdk.converter.brush.mask2rle(mask)`. Runs are found on pixels and
+    scaled by 4 (RGBA), so the 4x expanded array is never built.
+    """
+    flat = np.ascontiguousarray(_mask_to_uint8(mask)).ravel()
+    if flat.size == 0:
+        raise ValueError("cannot encode an empty mask")
+    starts, vals = _runs(flat)
+    lengths = np.diff(np.append(starts, flat.size)) * 4
+    return _pack_chunks(lengths, vals, flat.size * 4)
+
+
+def _as_bytes(rle: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The RLE as a uint8 array; RLEError unless it is a flat list of byte values."""
+    if isinstance(rle, np.ndarray):
+        if rle.ndim != 1 or not np.issubdtype(rle.dtype, np.integer):
+            raise RLEError("RLE must be a flat list of integers")
+        if rle.size and (rle.min() < 0 or rle.max() > 255):
+            raise RLEError("RLE values must be bytes (0..255)")
+        buf = rle.astype(np.uint8)
+    else:
+        try:
+            buf = np.frombuffer(bytes(rle), dtype=np.uint8)  # bytes() checks 0..255 and int-ness fast
+        except (TypeError, ValueError):
+            raise RLEError("RLE must be a flat list of integers in 0..255") from None
+    if buf.size < 7:
+        raise RLEError("RLE is too short to hold its header")
+    return buf
+
+
+def _parse(rle: Sequence[int] | np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Parse a stream into (num, run_lengths, run_values) with literal runs expanded to length-1 runs."""
+    buf = _as_bytes(rle)
+    nbits = buf.size * 8
+    num = int.from_bytes(buf[:4].tobytes(), "big")
+    head = int.from_bytes(buf[4:7].tobytes(), "big") >> 3  # 21 bits: word size and four sizes
+    word = ((head >> 16) & 0x1F) + 1
+    sizes = np.array([((head >> s) & 0xF) + 1 for s in (12, 8, 4, 0)], dtype=np.int64)
+    if word != _WORD_BITS:
+        raise RLEError(f"unsupported RLE word size {word} (brush masks use 8)")
+    # 64-bit big-endian windows starting at every byte: any field of <= 24 bits at any bit is two shifts.
+    padded = np.concatenate([buf, np.zeros(8, dtype=np.uint8)])
+    win64 = np.lib.stride_tricks.sliding_window_view(padded, 8)[: buf.size + 1].copy().view(">u8").ravel()
+    win64 = win64.astype(np.uint64)
+
+    def top24(pos: np.ndarray) -> np.ndarray:
+        """The 24 bits starting at each bit position, as int64."""
+        return ((win64[pos >> 3] << (pos & 7).astype(np.uint64)) >> np.uint64(40)).astype(np.int64)
+
+    # Every chunk is at least 12 bits and the padding at most 8, so chunks start before nbits - 12.
+    stop = nbits - 12
+    pos = np.arange(_HEADER_BITS, max(stop, _HEADER_BITS), dtype=np.int64)
+    head_bits = top24(pos)
+    flag = head_bits >> 23
+    sb = sizes[(head_bits >> 21) & 3]
+    length = ((head_bits >> (21 - sb)) & ((1 << sb) - 1)) + 1
+    nxt = pos + 3 + sb + np.where(flag == 1, _WORD_BITS, _WORD_BITS * length)
+    hop = memoryview(nxt - _HEADER_BITS)  # chain following in Python: ~50 ns a chunk
+    starts: list[int] = []
+    i, last = 0, stop - _HEADER_BITS
+    while i < last:
+        starts.append(i)
+        i = hop[i]
+    idx = np.asarray(starts, dtype=np.int64)
+    if idx.size == 0:
+        raise RLEError("RLE holds no runs")
+    end_bit = int(nxt[idx[-1]])
+    if end_bit > nbits:
+        raise RLEError("RLE stream is truncated")
+    c_flag, c_len, c_sb, c_pos = flag[idx], length[idx], sb[idx], pos[idx]
+    if int(c_len.sum()) != num:
+        raise RLEError(f"RLE runs hold {int(c_len.sum())} values but the header declares {num}")
+    value_pos = c_pos + 3 + c_sb
+    lit = c_flag == 0
+    if not lit.any():
+        return num, c_len, top24(value_pos) >> 16
+    # Literal chunks: one length-1 run per value.
+    per_chunk = np.where(lit, c_len, 1)
+    offsets = np.arange(int(per_chunk.sum())) - np.repeat(np.cumsum(per_chunk) - per_chunk, per_chunk)
+    run_pos = np.repeat(value_pos, per_chunk) + offsets * _WORD_BITS
+    run_len = np.where(np.repeat(lit, per_chunk), 1, np.repeat(c_len, per_chunk))
+    return num, run_len, top24(run_pos) >> 16
+
+
+def decode_values(rle: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Decode a stream to its flat uint8 values (length `num`), like the reference `decode_rle`."""
+    _, lengths, values = _parse(rle)
+    return np.repeat(values.astype(np.uint8), lengths)
+
+
+def decode_rle(rle: Sequence[int] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """Decode a brush RLE to its H x W uint8 alpha channel (0..255; 255 = drawn).
+
+    Raises RLEError (a ValueError) when the stream is malformed or its length is not height * width * 4.
+    """
+    if height <= 0 or width <= 0:
+        raise RLEError(f"invalid image size {width}x{height}")
+    num, lengths, values = _parse(rle)
+    if num != height * width * 4:
+        raise RLEError(f"RLE holds {num} values but a {width}x{height} RGBA mask needs {height * width * 4}")
+    # Alpha of pixel i is value index 4i+3: the pixels of a run [s, e) are ceil((s-3)/4) .. ceil((e-3)/4).
+    ends = np.cumsum(lengths)
+    pix_end = ends // 4  # == ceil((e - 3) / 4) for e >= 0
+    out = np.zeros(height * width, dtype=np.uint8)
+    if lengths.size <= _SLICE_FILL_MAX_RUNS:
+        pix_start = np.concatenate([[0], pix_end[:-1]])
+        nz = np.flatnonzero(values)
+        for s, e, v in zip(pix_start[nz].tolist(), pix_end[nz].tolist(), values[nz].tolist()):
+            out[s:e] = v
+    else:
+        counts = np.diff(np.concatenate([[0], pix_end]))
+        out = np.repeat(values.astype(np.uint8), counts)
+    return out.reshape(height, width)

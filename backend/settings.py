@@ -1,0 +1,180 @@
+"""Every environment variable the backend reads, typed and documented, in one place.
+
+`Settings.from_env()` reads os.environ (or a mapping given by tests); unknown values raise ValueError
+with the variable's name, so a typo fails at start-up rather than at the first request.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Backend configuration. Field name == environment variable name (upper-cased)."""
+
+    # --- Label Studio connection (media download) ---
+    label_studio_url: str = ""
+    """Base URL of Label Studio (e.g. http://label-studio:8080); /data/upload and /data/local-files URLs resolve against it."""
+    label_studio_api_key: str = ""
+    """Legacy token (40 hex chars, sent as "Token <t>") or a personal access token (a JWT refresh token,
+    exchanged at /api/token/refresh/ for a 5-minute "Bearer" access token). Sent only to the Label Studio host."""
+
+    # --- Auth ---
+    basic_auth_user: str = ""
+    """HTTP Basic user; with BASIC_AUTH_PASS set, every route but the webhook (and /health when HEALTH_PUBLIC) needs it."""
+    basic_auth_pass: str = ""
+    """HTTP Basic password (compared in constant time)."""
+    health_public: bool = False
+    """Serve GET /health and / without auth (for container health checks). Label Studio sends auth there anyway."""
+    webhook_secret: str = ""
+    """Shared secret for POST /webhook, passed as ?token=<secret> in the webhook URL (Label Studio's webhook has no
+    auth header). Empty: the webhook falls back to basic auth (or is open when basic auth is off)."""
+
+    # --- Model ---
+    dam_model: str = "nvidia/DAM-3B"
+    """DAM served when MODELS_ROOT has no current.json: a local folder (official layout) or a hub id."""
+    models_root: str = ""
+    """Folder holding current.json + versions/<v>/ written by scripts/promote.py; polled for new versions."""
+    model_poll_seconds: float = 30.0
+    """How often the promoted-model pointer is checked (0 disables polling)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    dtype: str = "auto"
+    """auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16."""
+    max_new_tokens: int = 256
+    """Caption length cap in tokens."""
+    category_hint: bool = False
+    """Pass the region's label to DAM: "Describe the masked region (a {label}) in detail." """
+    video_frames: int = 8
+    """Frames sampled per video region for describe_video (DAM's video checkpoints use 8)."""
+
+    # --- Segmentation ---
+    segmenter: str = "sam2"
+    """sam2 (SAM 2 checkpoint), region (colour region growing, offline demo; alias color) or none (no smart tools:
+    rectangles become box masks, keypoints are refused)."""
+    sam2_config: str = "sam2.1_hiera_l"
+    """SAM 2 config name (sam2.1_hiera_t/_s/_b+/_l or an alias such as large)."""
+    sam2_checkpoint: str = ""
+    """Path to the SAM 2 checkpoint (.pt)."""
+    no_region_mode: str = "skip"
+    """skip: a task without regions gets an empty result; auto: SAM 2 automatic masks, each described."""
+    auto_max_masks: int = 16
+    """Cap on automatic masks per image (NO_REGION_MODE=auto)."""
+    auto_min_area: int = 256
+    """Smallest automatic mask kept, in pixels."""
+
+    # --- Media ---
+    media_cache_dir: str = ".cache/media"
+    """On-disk media cache (file name = sha256 of the URL)."""
+    media_allowed_hosts: str = ""
+    """Comma-separated host names allowed for plain http(s) URLs; empty = any public host; '*' = any host."""
+    media_allow_private: bool = False
+    """Allow http(s) media on private, loopback and link-local addresses (off: SSRF protection)."""
+    local_files_root: str = ""
+    """Plain local paths (and file://) are read only under this folder; empty disables local paths."""
+    media_max_bytes: int = 64 * 1024 * 1024
+    """Largest media download, bytes (images; videos get VIDEO_MAX_BYTES)."""
+    video_max_bytes: int = 1024 * 1024 * 1024
+    """Largest video download, bytes."""
+    media_max_pixels: int = 64_000_000
+    """Largest image, pixels (PIL decompression-bomb guard)."""
+    media_timeout: float = 20.0
+    """Seconds per media HTTP request."""
+
+    # --- Training hook ---
+    events_file: str = "data/events/webhook_events.jsonl"
+    """Webhook events are appended here, one JSON object a line."""
+    train_command: str = "python -m scripts.nightly"
+    """Launched out of process on START_TRAINING (never two at once)."""
+    train_log_dir: str = "data/logs"
+    """Where the training job's log goes."""
+
+    # --- Server ---
+    warm_up_on_start: bool = True
+    """Start loading the model in the background as soon as the worker starts (else at /setup or first /predict)."""
+    max_request_bytes: int = 256 * 1024 * 1024
+    """Largest request body (interactive payloads grow with every accepted mask)."""
+    model_name: str = "dam"
+    """Name used in model_version when serving DAM_MODEL directly."""
+    log_level: str = "INFO"
+    """Python logging level."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Test-only overrides (not an environment variable)."""
+
+    def __post_init__(self) -> None:
+        if self.no_region_mode not in {"skip", "auto"}:
+            raise ValueError(f"NO_REGION_MODE={self.no_region_mode!r}: expected skip or auto")
+        if self.segmenter not in {"sam2", "region", "color", "none"}:
+            raise ValueError(f"SEGMENTER={self.segmenter!r}: expected sam2, region (alias color) or none")
+        for name in ("auto_max_masks", "video_frames", "max_new_tokens", "media_max_bytes", "media_max_pixels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive")
+        if self.model_poll_seconds < 0:
+            raise ValueError("MODEL_POLL_SECONDS must be >= 0")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def allowed_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.media_allowed_hosts.split(",") if h.strip()}
+
+    @property
+    def models_root_path(self) -> Path | None:
+        return Path(self.models_root) if self.models_root else None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build from environment variables (upper-case field names); `overrides` win (tests)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            try:
+                if kind == "bool":
+                    values[f.name] = _bool(f.name.upper(), raw)
+                elif kind == "int":
+                    values[f.name] = int(raw)
+                elif kind == "float":
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        return replace(self, **overrides)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (safe to log)."""
+        out = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if f.name in {"label_studio_api_key", "basic_auth_pass", "webhook_secret"} and v:
+                v = "***"
+            out[f.name.upper()] = v
+        return out

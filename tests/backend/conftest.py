@@ -1,0 +1,105 @@
+"""Fixtures of the backend tests: settings, apps over a fake DAM/segmenter, a fake Label Studio server, images on
+disk, and a tiny random-weight DAM saved in the official layout (built here from the dam_model contract)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bk_helpers import FakeDAM, FakeLabelStudio, FakeSegmenter, png_bytes, scene
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def fake_ls():
+    servers: list[FakeLabelStudio] = []
+
+    def start(**kw) -> FakeLabelStudio:
+        s = FakeLabelStudio(**kw)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def media_root(tmp_path) -> Path:
+    root = tmp_path / "media"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "img1.png").write_bytes(png_bytes(scene()))
+    return root
+
+
+@pytest.fixture
+def make_settings(tmp_path, media_root):
+    from backend.settings import Settings
+
+    def build(**overrides):
+        base = dict(
+            local_files_root=str(media_root),
+            media_cache_dir=str(tmp_path / "cache"),
+            events_file=str(tmp_path / "events.jsonl"),
+            train_log_dir=str(tmp_path / "logs"),
+            warm_up_on_start=False,
+            model_poll_seconds=0,
+            dam_model=str(tmp_path / "no-model"),
+        )
+        base.update(overrides)
+        return Settings(**base)
+
+    return build
+
+
+@pytest.fixture
+def fake_dam() -> FakeDAM:
+    return FakeDAM()
+
+
+@pytest.fixture
+def fake_seg() -> FakeSegmenter:
+    return FakeSegmenter()
+
+
+@pytest.fixture
+def make_app(make_settings, fake_dam, fake_seg):
+    """Factory: an app over the fake DAM/segmenter (pass settings overrides, or loader=..., segmenter=...)."""
+    from backend.app import create_app
+
+    def build(loader=None, segmenter="fake", **overrides):
+        if segmenter is None:
+            overrides.setdefault("segmenter", "none")
+        settings = make_settings(**overrides)
+        seg_factory = (lambda: fake_seg) if segmenter == "fake" else (lambda: segmenter) if segmenter is not None else None
+        return create_app(settings, loader=loader or (lambda src, dev, dt: fake_dam), segmenter_factory=seg_factory)
+
+    return build
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+@pytest.fixture(scope="session")
+def random_dam_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight DAM with a trained sentencepiece tokenizer, saved in the official layout."""
+    from dam_model.config import DAMConfig
+    from dam_model.modeling import DescribeAnythingModel
+    from dam_model.augment import prompt_vocabulary_texts
+    from dam_model.prompt import build_prompt
+    from dam_model.tokenizer import load_tokenizer, train_tokenizer
+
+    texts = ["a red square on a grey background", "a small blue circle", "the object is round and shiny",
+             build_prompt("<image>\nDescribe the masked region in detail."),
+             build_prompt("<image>\nDescribe the masked region (a object) in detail.")] * 20
+    texts += prompt_vocabulary_texts()
+    tok = load_tokenizer(train_tokenizer(texts, 320, tmp_path_factory.mktemp("tok")))
+    torch.manual_seed(0)
+    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tok)), tokenizer=tok)
+    out = tmp_path_factory.mktemp("dam") / "tiny"
+    model.save_pretrained(out)
+    return out
