@@ -676,6 +676,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NAME of the environment variable holding the judge's API key (keys stay off argv)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8, help="scenes per describe_batch call")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="caption length limit in tokens")
     parser.add_argument("--save-captions", default=None, help="write the model's captions here as JSONL")
     parser.add_argument("--regions", action="store_true", help="include per-region verdicts in the JSON")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -704,7 +705,8 @@ def _model_captions(args: argparse.Namespace, scenes: list[Any]) -> list[str]:
     captions: list[str] = []
     for start in range(0, len(scenes), max(1, args.batch_size)):
         chunk = scenes[start:start + max(1, args.batch_size)]
-        outputs = model.describe_batch([(s.image, [o.mask for o in s.objects]) for s in chunk])
+        outputs = model.describe_batch([(s.image, [o.mask for o in s.objects]) for s in chunk],
+                                       max_new_tokens=args.max_new_tokens)
         for scene, per_scene in zip(chunk, outputs):
             if len(per_scene) != len(scene.objects):
                 raise RuntimeError(f"describe_batch gave {len(per_scene)} captions for {len(scene.objects)} masks")

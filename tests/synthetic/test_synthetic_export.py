@@ -1,0 +1,100 @@
+"""Label Studio export of synthetic scenes: both S3 formats parse, masks round-trip through the SDK's decoder."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+
+from scripts import export_synthetic as ex
+
+
+def _decode(rle, height, width):
+    """The SDK decoder gives the RGBA stream; the alpha channel is the mask."""
+    return decode_rle(rle).reshape(height, width, 4)[:, :, 3]
+
+
+def _check_result(scene, result, captions):
+    assert len(result) == 2 * len(scene.objects)
+    for k, obj in enumerate(scene.objects):
+        brush, text = result[2 * k], result[2 * k + 1]
+        assert brush["type"] == "brushlabels" and text["type"] == "textarea"  # brush first: the editor needs it
+        assert brush["id"] == text["id"] and uuid.UUID(brush["id"]).version == 4 and len(brush["id"]) == 36
+        assert brush["original_width"] == scene.width and brush["original_height"] == scene.height
+        decoded = _decode(brush["value"]["rle"], scene.height, scene.width)
+        assert set(np.unique(decoded)) <= {0, 255}  # foreground 255, not 1
+        np.testing.assert_array_equal(decoded == 255, obj.mask)
+        assert text["value"]["text"] == [captions[k]]
+    assert len({item["id"] for item in result}) == len(scene.objects)
+
+
+def test_annotation_format_round_trips(small_scenes):
+    objects = ex.export_objects(small_scenes[:4], "annotation", prefix="ls-export")
+    assert sorted(objects) == sorted(f"ls-export/{i}" for i in range(1, 5))
+    for scene, key in zip(small_scenes[:4], [f"ls-export/{i}" for i in range(1, 5)]):
+        annotation = json.loads(objects[key])
+        assert {"id", "result", "completed_by", "created_at", "updated_at", "task", "parent_prediction"} <= set(annotation)
+        assert annotation["task"]["data"]["image"] == f"images/{scene.scene_id}.png"
+        assert annotation["task"]["meta"]["synthetic"] == {"seed": scene.seed, "index": scene.index, "scene_id": scene.scene_id}
+        _check_result(scene, annotation["result"], [o.long_caption for o in scene.objects])
+
+
+def test_task_format_round_trips_with_model_predictions(small_scenes):
+    scenes = small_scenes[4:7]
+    objects = ex.export_objects(scenes, "task", prefix="", with_model_captions=True, caption="short",
+                                image_url_prefix="s3://bucket/img/")
+    assert sorted(objects) == ["1.json", "2.json", "3.json"]
+    for scene, key in zip(scenes, ["1.json", "2.json", "3.json"]):
+        task = json.loads(objects[key])
+        assert task["data"]["image"] == f"s3://bucket/img/{scene.scene_id}.png"
+        (annotation,) = task["annotations"]
+        assert annotation["task"] == task["id"]
+        _check_result(scene, annotation["result"], [o.short_caption for o in scene.objects])
+        (prediction,) = task["predictions"]
+        assert annotation["parent_prediction"] == prediction["id"]
+        _check_result(scene, prediction["result"], ex.model_captions(scene))
+
+
+def test_model_captions_differ_from_the_corrected_ones_sometimes(small_scenes):
+    pairs = [(m, o.long_caption) for s in small_scenes for m, o in zip(ex.model_captions(s), s.objects)]
+    assert any(m != r for m, r in pairs) and any(m == r for m, r in pairs)
+
+
+def test_export_is_deterministic_and_rejects_unknown_formats(small_scenes):
+    assert ex.export_objects(small_scenes[:2]) == ex.export_objects(small_scenes[:2])
+    with pytest.raises(ValueError):
+        ex.export_objects(small_scenes[:1], "csv")
+
+
+def test_rle_matches_the_sdk_reference_codec(small_scenes):
+    from label_studio_sdk.converter.brush import mask2rle
+
+    mask = small_scenes[0].objects[0].mask
+    assert ex._encode_rle(mask) == [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+
+
+def test_rle_falls_back_to_the_sdk_without_backend_rle(small_scenes, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "backend.rle", None)  # makes `from backend.rle import ...` raise ImportError
+    mask = small_scenes[1].objects[0].mask
+    np.testing.assert_array_equal(_decode(ex._encode_rle(mask), *mask.shape) == 255, mask)
+
+
+def test_command_line_writes_images_tasks_and_both_formats(tmp_path):
+    code = ex.main(["--seed", "7", "--n", "3", "--out", str(tmp_path), "--format", "both", "--with-model-captions",
+                    "--image-url-prefix", "/data/local-files/?d=synth/", "--size", "96x64"])
+    assert code == 0
+    from PIL import Image
+
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert len(images) == 3 and Image.open(images[0]).size == (96, 64)
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert len(tasks) == 3 and tasks[0]["data"]["image"] == "/data/local-files/?d=synth/synthetic-7-0.png"
+    assert tasks[0]["predictions"][0]["result"][0]["type"] == "brushlabels"
+    assert sorted(p.name for p in (tmp_path / "export-annotation").iterdir()) == ["1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "export-task").iterdir()) == ["1.json", "2.json", "3.json"]
+    annotation = json.loads((tmp_path / "export-annotation" / "2").read_text())
+    assert annotation["result"][1]["value"]["text"][0].startswith("A ")
