@@ -1,5 +1,6 @@
 """Fixtures of the backend tests: settings, apps over a fake DAM/segmenter, a fake Label Studio server, images on
-disk, and a tiny random-weight DAM saved in the official layout (built here from the dam_model contract)."""
+disk. The tiny random DAM is the
+session fixture `random_dam_dir` of tests/conftest.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,24 +83,3 @@ def make_app(make_settings, fake_dam, fake_seg):
 @pytest.fixture
 def client(make_app):
     return make_app().test_client()
-
-
-@pytest.fixture(scope="session")
-def random_dam_dir(tmp_path_factory) -> Path:
-    """A tiny random-weight DAM with a trained sentencepiece tokenizer, saved in the official layout."""
-    from dam_model.config import DAMConfig
-    from dam_model.modeling import DescribeAnythingModel
-    from dam_model.augment import prompt_vocabulary_texts
-    from dam_model.prompt import build_prompt
-    from dam_model.tokenizer import load_tokenizer, train_tokenizer
-
-    texts = ["a red square on a grey background", "a small blue circle", "the object is round and shiny",
-             build_prompt("<image>\nDescribe the masked region in detail."),
-             build_prompt("<image>\nDescribe the masked region (a object) in detail.")] * 20
-    texts += prompt_vocabulary_texts()
-    tok = load_tokenizer(train_tokenizer(texts, 320, tmp_path_factory.mktemp("tok")))
-    torch.manual_seed(0)
-    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tok)), tokenizer=tok)
-    out = tmp_path_factory.mktemp("dam") / "tiny"
-    model.save_pretrained(out)
-    return out

@@ -1,0 +1,113 @@
+"""Model store: lazy single load, promoted-pointer hot swap, in-flight safety, broken versions keep the old model."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+
+
+from backend.model_store import ModelStore, folder_version
+from bk_helpers import CAPTURED_CONFIG, FakeDAM, predict_body
+
+
+def promote(root, version: str) -> None:
+    """What scripts/promote.py does: an immutable versions/<v>/ folder, then an atomic pointer flip."""
+    folder = root / "versions" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"v": version}))
+    tmp = root / ".current.json.tmp"
+    tmp.write_text(json.dumps({"version": version, "path": f"versions/{version}", "promoted_at": "2026-11-25T00:00:00Z",
+                               "previous": None, "metrics": {}}))
+    os.replace(tmp, root / "current.json")
+
+
+class Loader:
+    def __init__(self, broken=()):
+        self.loads: list[str] = []
+        self.broken = set(broken)
+        self.models: dict[str, FakeDAM] = {}
+
+    def __call__(self, source, device, dtype):
+        name = os.path.basename(source)
+        self.loads.append(name)
+        if name in self.broken:
+            raise RuntimeError(f"{name} is corrupt")
+        self.models[name] = FakeDAM(tag=name)
+        return self.models[name]
+
+
+def test_lazy_single_load_and_default_version(make_settings, tmp_path):
+    folder = tmp_path / "DAM-3B"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    loader = Loader()
+    store = ModelStore(make_settings(dam_model=str(folder)), loader=loader)
+    version = store.model_version
+    assert re.fullmatch(r"dam-[0-9a-f]{8}", version) and loader.loads == []
+    threads = [threading.Thread(target=store.get) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert loader.loads == ["DAM-3B"], "one load per process, however many threads ask"
+    (folder / "config.json").write_text('{"changed": 1}')
+    assert folder_version("dam", str(folder)) != version, "a different config is a different model_version"
+
+
+def test_pointer_flip_swaps_and_broken_version_keeps_old(make_settings, tmp_path):
+    root = tmp_path / "models"
+    promote(root, "v1")
+    loader = Loader(broken={"v3"})
+    store = ModelStore(make_settings(models_root=str(root)), loader=loader)
+    assert store.model_version == "v1" and store.get().model.tag == "v1"
+    assert store.check_pointer() is False, "unchanged pointer: nothing to do"
+    promote(root, "v2")
+    assert store.check_pointer() is True and store.model_version == "v2" and store.get().model.tag == "v2"
+    promote(root, "v3")
+    assert store.check_pointer() is False and store.model_version == "v2", "a broken version never replaces a good one"
+    assert "corrupt" in store.last_error
+    assert store.check_pointer() is False and loader.loads.count("v3") == 1, "no retry loop on the same pointer"
+    (root / "current.json").write_text("{not json")
+    assert store.check_pointer() is False and store.get().model.tag == "v2"
+
+
+def test_poller_swaps_in_background_and_inflight_request_completes(make_app, tmp_path):
+    root = tmp_path / "models"
+    promote(root, "v1")
+    loader = Loader()
+    app = make_app(loader=loader, models_root=str(root), model_poll_seconds=0.05)
+    client = app.test_client()
+    task = {"id": 1, "data": {"image": "images/img1.png"},
+            "annotations": [{"result": [{"id": "r1", "type": "rectanglelabels", "from_name": "box", "to_name": "image",
+                                         "original_width": 64, "original_height": 48,
+                                         "value": {"x": 10, "y": 10, "width": 20, "height": 20}}]}]}
+    r = client.post("/predict", json=predict_body([task], CAPTURED_CONFIG.replace(
+        "</View>", '<RectangleLabels name="box" toName="image"><Label value="object"/></RectangleLabels></View>')))
+    assert r.status_code == 200 and r.json["results"][0]["model_version"] == "v1"
+    loader.models["v1"].delay = 0.6  # the next v1 request is slow: the swap happens while it runs
+    out = {}
+    body = predict_body([task], CAPTURED_CONFIG.replace(
+        "</View>", '<RectangleLabels name="box" toName="image"><Label value="object"/></RectangleLabels></View>'))
+
+    def slow():
+        out["r"] = app.test_client().post("/predict", json=body)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.15)
+    promote(root, "v2")
+    deadline = time.time() + 5
+    while time.time() < deadline and client.get("/health").json["model_version"] != "v2":
+        time.sleep(0.05)
+    assert client.get("/health").json["model_version"] == "v2"
+    t.join(5)
+    inflight = out["r"]
+    assert inflight.status_code == 200, "an in-flight request survives the swap"
+    assert inflight.json["results"][0]["model_version"] == "v1"
+    assert inflight.json["results"][0]["result"][1]["value"]["text"][0].startswith("v1 ")
+    r = client.post("/predict", json=body)
+    assert r.json["results"][0]["model_version"] == "v2" and r.json["results"][0]["result"][1]["value"]["text"][0].startswith("v2 ")
+    assert "v2" in client.get("/versions").json["versions"]
+    from backend.app import backend_of
+
+    backend_of(app).store.stop()
