@@ -2,7 +2,7 @@
 
 Both models caption every validation region (greedy decoding, same settings). Per model:
 
-- ``bleu4``, ``rouge_l``, ``cider``: against the human-corrected caption (dam_model.evaluation);
+- ``bleu4``, ``rouge_l``, ``cider`` (CIDEr-D): against the human-corrected caption (dam_model.evaluation);
 - ``edit_effort``: annotators' effort, the mean normalised edit distance between the model's caption and the
   human-corrected one (0 = nothing to fix, 1 = rewrite everything); lower is better;
 - ``dlc_positive``, ``dlc_negative``, ``dlc_average``: the DLC-style rule judge, on regions whose task data carry an
@@ -51,11 +51,12 @@ from scripts.loop_common import (
 
 log = logging.getLogger("scripts.evaluate")
 
-HIGHER_IS_BETTER = {"bleu4": True, "rouge_l": True, "cider": True, "edit_effort": False, "dlc_positive": True,
-                    "dlc_negative": True, "dlc_average": True, "mean_confidence": True}
+HIGHER_IS_BETTER = {"bleu4": True, "rouge_l": True, "cider": True, "edit_effort": False, "edit_effort_char": False,
+                    "dlc_positive": True, "dlc_negative": True, "dlc_average": True, "mean_confidence": True}
 
 
-def caption_all(model_dir: str | Path, rows: list[dict[str, Any]], device: str, max_new_tokens: int) -> list[Any]:
+def caption_all(model_dir: str | Path, rows: list[dict[str, Any]], device: str, max_new_tokens: int,
+                batch_regions: int = 16) -> list[Any]:
     """Greedy captions (Caption objects) of every row, in row order; regions of one image share a describe call."""
     import torch
 
@@ -70,55 +71,65 @@ def caption_all(model_dir: str | Path, rows: list[dict[str, Any]], device: str, 
     for index, row in enumerate(rows):
         by_image.setdefault(row["image_path"], []).append(index)
     out: list[Any] = [None] * len(rows)
+    groups = list(by_image.items())
     with torch.inference_mode():
-        for image_path, indices in by_image.items():
-            image = read_image(image_path)
-            masks = [read_mask(rows[i]["mask_path"]) for i in indices]
-            (captions,) = model.describe_batch([(image, masks)], max_new_tokens=max_new_tokens, temperature=0.0)
-            for i, caption in zip(indices, captions):
-                out[i] = caption
+        start = 0
+        while start < len(groups):  # several images per generate call, about batch_regions regions
+            chunk, regions = [], 0
+            while start < len(groups) and (not chunk or regions + len(groups[start][1]) <= batch_regions):
+                chunk.append(groups[start])
+                regions += len(groups[start][1])
+                start += 1
+            items = [(read_image(path), [read_mask(rows[i]["mask_path"]) for i in indices]) for path, indices in chunk]
+            results = model.describe_batch(items, max_new_tokens=max_new_tokens, temperature=0.0)
+            for (_, indices), captions in zip(chunk, results):
+                for i, caption in zip(indices, captions):
+                    out[i] = caption
     del model
     return out
 
 
-def score_captions(rows: list[dict[str, Any]], predictions: list[str], confidences: list[float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Corpus metrics of ``predictions`` against each row's human caption (+ DLC judge where attributes exist).
+def make_judge(kind: str) -> Any:
+    """'rule' (exact on the synthetic caption grammar) or 'chat' (OpenAI-compatible endpoint: DAM_JUDGE_BASE_URL,
+    DAM_JUDGE_MODEL, DAM_JUDGE_API_KEY)."""
+    from dam_model import evaluation as ev
 
-    Returns (metrics dict, per-sample dicts with edit effort and judge scores).
+    if kind == "rule":
+        return ev.RuleJudge()
+    if kind == "chat":
+        return ev.ChatJudge()
+    raise BadArguments(f"unknown judge {kind!r} (rule or chat)")
+
+
+def score_captions(
+    rows: list[dict[str, Any]], predictions: list[str], confidences: list[float], judge: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Corpus metrics of ``predictions`` against each row's human caption, plus the DLC-style judge on the rows
+    that carry attributes. Returns (metrics, per-sample dicts: edit effort and, where judged, the judge's scores).
+
+    Metrics: bleu4, rouge_l, cider (CIDEr-D), edit_effort (word level, mean), edit_effort_char, mean_confidence,
+    and when judged: dlc_positive, dlc_negative, dlc_average, dlc_regions, dlc_recognition_rate.
     """
     from dam_model import evaluation as ev
 
     references = [row["caption"] for row in rows]
-    metrics: dict[str, Any] = dict(ev.caption_metrics(predictions, references))
-    efforts = [float(ev.edit_effort(pred, ref)) for pred, ref in zip(predictions, references)]
-    metrics["edit_effort"] = float(np.mean(efforts)) if efforts else 0.0
-    metrics["mean_confidence"] = float(np.mean(confidences)) if confidences else 0.0
-    per_sample = [{"edit_effort": e} for e in efforts]
-    judge = ev.RuleJudge()
-    judged = [(i, row["attributes"]) for i, row in enumerate(rows) if row.get("attributes")]
+    corpus = ev.caption_metrics(predictions, references)
+    metrics: dict[str, Any] = {
+        "bleu4": float(corpus["bleu4"]), "rouge_l": float(corpus["rouge_l"]), "cider": float(corpus["cider_d"]),
+        "edit_effort": float(corpus["edit_effort_word"]), "edit_effort_char": float(corpus["edit_effort_char"]),
+        "mean_confidence": float(np.mean(confidences)) if confidences else 0.0,
+    }
+    per_sample: list[dict[str, Any]] = [{"edit_effort": float(ev.edit_effort(p, r))} for p, r in zip(predictions, references)]
+    judged = [i for i, row in enumerate(rows) if row.get("attributes")]
     if judged:
-        results = [judge.judge(attributes, predictions[i]) for i, attributes in judged]
-        for (i, _), result in zip(judged, results):
-            per_sample[i]["dlc"] = _as_dict(result)
-        metrics.update(_dlc_summary(results))
-        metrics["dlc_regions"] = len(judged)
+        report = ev.evaluate_captions([predictions[i] for i in judged], [rows[i]["attributes"] for i in judged],
+                                      judge if judge is not None else ev.RuleJudge())
+        for i, region in zip(judged, report.regions):
+            per_sample[i]["dlc"] = {"positive": region.positive, "negative": region.negative, "recognized": region.recognized}
+        metrics.update(dlc_positive=float(report.positive), dlc_negative=float(report.negative),
+                       dlc_average=float(report.average), dlc_regions=len(judged),
+                       dlc_recognition_rate=float(report.recognition_rate))
     return metrics, per_sample
-
-
-def _as_dict(result: Any) -> dict[str, Any]:
-    if isinstance(result, dict):
-        return result
-    import dataclasses
-
-    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(vars(result))
-
-
-def _dlc_summary(results: list[Any]) -> dict[str, float]:
-    from dam_model import evaluation as ev
-
-    summary = ev.summarize_judgements(results)
-    return {"dlc_positive": float(summary["positive"]), "dlc_negative": float(summary["negative"]),
-            "dlc_average": float(summary["average"])}
 
 
 def promotion_score(metrics: dict[str, Any]) -> tuple[str, float]:
@@ -193,6 +204,7 @@ def evaluate(
     max_samples: int | None = None,
     max_new_tokens: int = 64,
     report_samples: int = 12,
+    judge: str = "rule",
 ) -> dict[str, Any]:
     """Score both models on the dataset's validation split; write metrics.json and report.html into out_dir."""
     from scripts.build import load_samples
@@ -205,11 +217,12 @@ def evaluate(
         raise NoSamples(f"{dataset_dir} has no validation samples")
     metrics: dict[str, Any] = {"evaluated_at": utc_iso(), "n_val": len(rows), "dataset": str(dataset_dir)}
     per_model: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {}
+    judge_impl = make_judge(judge)
     for role, model_dir in (("champion", champion), ("candidate", candidate)):
         log.info("captioning %d validation regions with the %s (%s)", len(rows), role, model_dir)
         captions = caption_all(model_dir, rows, device, max_new_tokens)
         texts = [c.text for c in captions]
-        scores, samples = score_captions(rows, texts, [float(c.confidence) for c in captions])
+        scores, samples = score_captions(rows, texts, [float(c.confidence) for c in captions], judge_impl)
         per_model[role] = (scores, samples, texts)
     # Score the same way for both: the judge runs on the same rows for both models.
     score_name, _ = promotion_score(per_model["candidate"][0])
@@ -242,6 +255,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                    help="cap on validation regions (env EVAL_MAX_SAMPLES; default all)")
     g.add_argument("--eval-max-new-tokens", type=int, default=env_int("EVAL_MAX_NEW_TOKENS", 64), help="caption length limit (tokens)")
     g.add_argument("--report-samples", type=int, default=12, help="sample regions shown in report.html")
+    g.add_argument("--judge", choices=["rule", "chat"], default=env_default("DLC_JUDGE", "rule"),
+                   help="DLC-style judge: rule (synthetic grammar) or chat (DAM_JUDGE_BASE_URL endpoint; env DLC_JUDGE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             if champion is None:
                 raise BadArguments("no --champion and nothing promoted yet")
         metrics = evaluate(args.candidate, champion, args.dataset, args.out, args.device, args.eval_max_samples,
-                           args.eval_max_new_tokens, args.report_samples)
+                           args.eval_max_new_tokens, args.report_samples, args.judge)
     except LoopError as exc:
         log.error("%s", exc)
         return exc.exit_code

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> tuple[int, dict[str, Any]]:
     # The champion is what serves now; before the first promotion it is the starting model.
     metrics = evaluate(candidate, champion or init, dataset, run_dir / "eval", device=args.device,
                        max_samples=args.eval_max_samples, max_new_tokens=args.eval_max_new_tokens,
-                       report_samples=args.report_samples)
+                       report_samples=args.report_samples, judge=args.judge)
     summary["steps"]["evaluate"] = {"candidate": metrics["candidate"], "champion": metrics["champion"],
                                     "score_name": metrics["score_name"], "report": str(run_dir / "eval" / "report.html")}
     timings["evaluate"] = round(time.time() - t, 2)
