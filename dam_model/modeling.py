@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import DAMConfig
-from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames, to_mask_array
+from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames
 from .generation import (Caption, GenerationSettings, TextStreamer, decode_steps, generate, make_caption)
 from .projector import MultimodalProjector
 from .prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt, tokenize_prompt
@@ -328,9 +328,6 @@ class DescribeAnythingModel(nn.Module):
             raise ValueError(f"{len(frames)} frames but {len(masks)} masks")
         binaries = [np.asarray(m) > 0 if not hasattr(m, "convert") else np.asarray(m.convert("L")) > 0 for m in masks]
         indices = select_video_frames(binaries, self.config.num_video_frames)
-        for i in indices:
-            to_mask_array(binaries[i], np.asarray(frames[i]).shape[:2] if not hasattr(frames[i], "size")
-                          else frames[i].size[::-1])
         batch = preprocess_frames([frames[i] for i in indices], [binaries[i] for i in indices],
                                   self.config.vision.image_size)
         return batch, indices
