@@ -30,6 +30,8 @@ import numpy as np
 
 from dam_model.augment import DEFAULT_QUERY, augment_prompt, example_rng
 
+#: DAM-3B's user turn (dam_model.config.IMAGE_QUERY_DAM3B); models pass their own config.image_query.
+IMAGE_QUERY = "<image>\n" + DEFAULT_QUERY
 CHECKPOINT_DIRNAME = "checkpoints"
 FINAL_DIRNAME = "final"
 TRAINER_STATE = "trainer_state.pt"
@@ -328,7 +330,7 @@ class RegionData:
     """
 
     def __init__(self, samples: Sequence[TrainingSample], tokenizer: Any, image_size: int, cfg: TrainConfig,
-                 augment: bool = True, global_only: bool = False) -> None:
+                 augment: bool = True, global_only: bool = False, image_query: str = IMAGE_QUERY) -> None:
         from dam_model.focal import normalisation_lut
 
         if not samples:
@@ -338,6 +340,12 @@ class RegionData:
         self.image_size = image_size
         self.cfg = cfg
         self.augment = augment
+        # The checkpoint's inference query (with its <image> placeholder) stands for the default query; augmented
+        # queries keep the same image prefix ("<image>\n" for DAM-3B, "Image: <image>\n" for the joint model).
+        if image_query.count("<image>") != 1:
+            raise ValueError("image_query must contain exactly one <image> placeholder")
+        self.image_query = image_query
+        self.image_prefix = image_query[: image_query.index("<image>") + len("<image>")] + "\n"
         # Ablation: every sample takes the plain path (global view + mask only, no focal crop, no adapters).
         self.global_only = global_only
         self._lut = normalisation_lut()
@@ -388,10 +396,14 @@ class RegionData:
             if self.augment:
                 rng = example_rng(self.cfg.seed, step, micro * self.cfg.batch_size + slot)
                 ex = augment_prompt(sample.caption, sample.short_caption, rng, self.cfg.default_prompt_fraction)
-                out.append((index, ex.query, ex.answer))
+                out.append((index, self.full_query(ex.query), ex.answer))
             else:
-                out.append((index, DEFAULT_QUERY, sample.caption))
+                out.append((index, self.image_query, sample.caption))
         return out
+
+    def full_query(self, query: str) -> str:
+        """User-turn text for an augmented query: the checkpoint's own query for DEFAULT_QUERY, else prefix + query."""
+        return self.image_query if query == DEFAULT_QUERY else self.image_prefix + query
 
     def collate(self, examples: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
         """Right-padded tensors for model.forward: input_ids/attention_mask/labels [B, T], pixel_values [B, 8, S, S]."""
@@ -434,7 +446,7 @@ class RegionData:
         """Every sample once, default query + long caption, in order."""
         for start in range(0, len(self.samples), batch_size):
             indices = range(start, min(start + batch_size, len(self.samples)))
-            yield self.collate([(i, DEFAULT_QUERY, self.samples[i].caption) for i in indices])
+            yield self.collate([(i, self.image_query, self.samples[i].caption) for i in indices])
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -755,9 +767,10 @@ def train(
         start_step = int(state["step"])
         print(f"resumed from {checkpoint} at step {start_step}", flush=True)
 
-    data = RegionData(train_list, tokenizer, image_size, cfg, global_only=cfg.global_only)
-    val_data = (RegionData(val_list, tokenizer, image_size, cfg, augment=False, global_only=cfg.global_only)
-                if val_list else None)
+    image_query = model.config.image_query
+    data = RegionData(train_list, tokenizer, image_size, cfg, global_only=cfg.global_only, image_query=image_query)
+    val_data = (RegionData(val_list, tokenizer, image_size, cfg, augment=False, global_only=cfg.global_only,
+                           image_query=image_query) if val_list else None)
     metrics = _MetricsLog(out_dir / "metrics.jsonl", start_step)
     print(f"training {total_steps} steps on {len(train_list)} samples, device {device}, "
           f"trainable {json.dumps(trainable)}", flush=True)
