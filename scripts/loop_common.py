@@ -141,7 +141,8 @@ class RedactSecrets(logging.Filter):
     def __init__(self, extra_secrets: Iterable[str] = ()) -> None:
         super().__init__()
         values = [os.environ.get(name, "") for name in SECRET_ENV_VARS] + list(extra_secrets)
-        self.secrets = sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+        # Very short values would mangle ordinary words; real keys are long.
+        self.secrets = sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

@@ -8,7 +8,7 @@ Environment (every option also has a flag; see --help):
     S3_ENDPOINT_URL, S3_BUCKET, S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the Label Studio export
     LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
     LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      image fetching (backend/media.py)
-    INIT_MODEL (start model when nothing is promoted yet), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
+    INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
     TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
 
 Exit codes:
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> tuple[int, dict[str, Any]]:
         raise NoSamples(f"dataset {dataset} has {counts['train']} training and {counts['val']} validation samples")
 
     champion = champion_dir(args.models_root)
-    init = resolve_init(args.init, args.models_root) if champion is None else (Path(args.init) if args.init else champion)
+    init = resolve_init(args.init, args.models_root)  # --init, else the champion, else INIT_MODEL
     summary["champion"] = str(champion) if champion else None
     summary["init"] = str(init)
 

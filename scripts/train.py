@@ -80,17 +80,20 @@ def parse_trainable(text: str) -> dict[str, bool]:
 
 
 def resolve_init(init: str | None, models_root: str) -> Path | str:
-    """The start checkpoint: --init (a folder, or a hub id such as nvidia/DAM-3B), else the serving version."""
-    if init:
-        path = Path(init)
-        if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", init):
-            return init  # a hub id: DescribeAnythingModel.from_pretrained resolves it
-    else:
+    """The start checkpoint: ``init`` when given; else the serving version (current.json under MODELS_ROOT); else,
+    before the first promotion, env INIT_MODEL. A folder, or a hub id such as nvidia/DAM-3B."""
+    if not init:
         from scripts.promote import champion_dir
 
-        path = champion_dir(models_root)
-        if path is None:
-            raise BadArguments(f"no --init and nothing promoted in {models_root} yet: pass --init (the starting model)")
+        champion = champion_dir(models_root)
+        if champion is not None:
+            return champion
+        init = env_default("INIT_MODEL")
+        if not init:
+            raise BadArguments(f"nothing promoted in {models_root} yet: pass --init or set INIT_MODEL (the starting model)")
+    path = Path(init)
+    if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", init):
+        return init  # a hub id: DescribeAnythingModel.from_pretrained resolves it
     if not (path / "config.json").exists():
         raise BadArguments(f"{path} is not a DAM model folder (no config.json)")
     return path
@@ -183,7 +186,10 @@ def run(args: argparse.Namespace) -> Path:
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Training options shared with scripts.nightly (deployment settings also from env)."""
     g = parser.add_argument_group("training")
-    g.add_argument("--init", default=env_default("INIT_MODEL"), help="start checkpoint (default: the serving version; env INIT_MODEL)")
+    g.add_argument(
+        "--init", default=None,
+        help="start checkpoint, overriding the default: the serving version, or env INIT_MODEL before the first promotion",
+    )
     g.add_argument("--max-steps", type=positive_int, default=env_int("TRAIN_MAX_STEPS", None), help="optimizer steps (env TRAIN_MAX_STEPS)")
     g.add_argument("--epochs", type=float, default=env_float("TRAIN_EPOCHS", 1.0), help="passes when --max-steps is unset (env TRAIN_EPOCHS)")
     g.add_argument("--lr", type=float, default=env_float("TRAIN_LR", 1e-4), help="peak learning rate (env TRAIN_LR)")

@@ -144,46 +144,13 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None, timeo
 
 
 # ----------------------------------------------------------------------------------------------- models
-def _build_random_dam(folder: Path) -> Path:
-    """A seeded random tiny DAM with a sentencepiece tokenizer trained on synthetic captions (a few seconds)."""
-    import torch
-
-    from dam_model.augment import prompt_vocabulary_texts
-    from dam_model.config import DAMConfig
-    from dam_model.modeling import DescribeAnythingModel
-    from dam_model.prompt import build_prompt
-    from dam_model.tokenizer import load_tokenizer, train_tokenizer
-    from dam_model.training import synthetic_training_samples
-
-    samples = synthetic_training_samples(seed=5, n_scenes=12)
-    texts = [s.caption for s in samples] + [s.short_caption for s in samples]
-    texts += prompt_vocabulary_texts() + [build_prompt("Describe the masked region in detail.")]
-    tokenizer = load_tokenizer(train_tokenizer(texts, 360, folder.parent / "tok"))
-    torch.manual_seed(0)
-    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tokenizer), image_size=32, patch_size=8),
-                                              tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    return folder
+@pytest.fixture(scope="session")
+def loop_start_model(random_dam_dir: Path) -> Path:
+    """The weak starting model of the loop tests: the shared random-weight tiny DAM (tests/conftest.py)."""
+    return Path(random_dam_dir)
 
 
 @pytest.fixture(scope="session")
-def loop_start_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The weak starting model of the loop tests: the lead's ``random_dam_dir`` session fixture (tests/conftest.py)
-    when it exists, else a seeded random tiny DAM built here."""
-    try:
-        return Path(request.getfixturevalue("random_dam_dir"))
-    except pytest.FixtureLookupError:
-        return _build_random_dam(tmp_path_factory.mktemp("loop-model") / "random-dam")
-
-
-@pytest.fixture(scope="session")
-def loop_champion_model(request: pytest.FixtureRequest) -> Path:
-    """A trained tiny DAM (a champion worth keeping): the lead's ``trained_dam_dir`` fixture when it exists, else the
-    cached ci-profile build of scripts.build_tiny_model (built on first use, several minutes on 2 cores)."""
-    try:
-        return Path(request.getfixturevalue("trained_dam_dir"))
-    except pytest.FixtureLookupError:
-        from scripts.build_tiny_model import ensure_tiny_model
-
-        build = Path(ensure_tiny_model("ci"))
-        return build / "model" if (build / "model" / "config.json").exists() else build
+def loop_champion_model(trained_dam_dir: Path) -> Path:
+    """A champion worth keeping: the shared trained ci-profile tiny DAM (tests/conftest.py; cached build)."""
+    return Path(trained_dam_dir)
