@@ -298,17 +298,16 @@ def _forget_outside_window(outputs: dict, frame_index: int, reverse: bool, windo
 def sample_frames(masks: Sequence[np.ndarray], n: int = 8) -> list[int]:
     """Pick `n` frame indices spread uniformly over the frames whose mask is non-empty (DAM video input).
 
-    With L non-empty frames, positions linspace(0, L - 1, n) are rounded half up, so the first and the
-    last non-empty frames are always included and indices are non-decreasing. When L < n the same rule
-    repeats frames evenly (each about n / L times), so DAM always gets exactly n frames; n = 1 picks the
-    middle non-empty frame. No non-empty mask -> ValueError.
+    With L non-empty frames, the k-th pick (k = 0..n-1) is the non-empty frame at position
+    floor((k + 0.5) * L / n): the centre of the k-th of n equal segments. Picks are non-decreasing;
+    when L >= n they are distinct, and when L < n the same rule repeats frames evenly (each non-empty
+    frame appears floor(n / L) or ceil(n / L) times), so DAM always gets exactly n frames.
+    n = 1 picks the middle non-empty frame. No non-empty mask -> ValueError.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     usable = [index for index, mask in enumerate(masks) if np.asarray(mask).any()]
     if not usable:
         raise ValueError(f"all {len(masks)} masks are empty: nothing to sample for the video description")
-    if n == 1:
-        return [usable[(len(usable) - 1) // 2]]
-    positions = np.floor(np.linspace(0, len(usable) - 1, n) + 0.5).astype(int)
+    positions = ((np.arange(n) + 0.5) * len(usable) / n).astype(int)
     return [usable[p] for p in positions]
