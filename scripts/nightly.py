@@ -100,7 +100,7 @@ def train_command(args: argparse.Namespace, dataset: Path, init: Path) -> list[s
     """argv of the training subprocess (module form so `accelerate launch -m` and plain Python both work)."""
     launcher = shlex.split(args.train_launcher) if args.train_launcher else [sys.executable]
     argv = launcher + ["-m", "scripts.train", "--work-root", str(args.work_root), "--models-root", str(args.models_root),
-                       "--dataset", str(dataset), "--init", str(init), "--no-progress", "--log-level", args.log_level]
+                       "--dataset", str(dataset), "--init", str(init), "--log-level", args.log_level]
     for name in TRAIN_OPTIONS:
         value = getattr(args, name)
         if value is not None:

@@ -93,16 +93,14 @@ def load_model(model_dir: Path, device: str) -> Any:
 
 
 def sam2_candidates(
-    dataset_dir: Path, rows: list[dict[str, Any]], config: str, checkpoint: str, device: str, max_masks: int, min_area: int,
-    max_iou: float,
+    dataset_dir: Path, rows: list[dict[str, Any]], segmenter: Any, max_masks: int, min_area: int, max_iou: float,
 ) -> list[dict[str, Any]]:
-    """Automatic SAM 2 masks on the training images that do not overlap any human region; masks saved under masks/."""
+    """Automatic masks (``segmenter.automatic_masks``) on the training images that do not overlap any human region
+    by more than ``max_iou``; their masks are saved under masks/auto-*.png, their score is the mask score."""
     from PIL import Image
 
-    from dam_model.segmentation import Sam2Segmenter
     from scripts.build import pixels_hash, read_image, read_mask
 
-    segmenter = Sam2Segmenter.from_checkpoint(config, checkpoint, device=device)
     by_image: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_image.setdefault(row["image"], []).append(row)
@@ -135,8 +133,13 @@ def pseudo_label(
     max_new_tokens: int = 64,
     sam2: dict[str, Any] | None = None,
     model: Any = None,
+    segmenter: Any = None,
 ) -> dict[str, Any]:
-    """Write ``dataset_dir/pseudo.jsonl`` and return a summary {candidates, kept, ...}."""
+    """Write ``dataset_dir/pseudo.jsonl`` and return a summary {candidates, kept, ...}.
+
+    sam2: {config, checkpoint, max_masks, min_area, max_iou} to add SAM 2 automatic masks (``segmenter`` may be
+    given instead of config/checkpoint); model: an already loaded captioner (default: load ``model_dir``).
+    """
     from scripts.build import read_image, read_mask
 
     dataset_dir = Path(dataset_dir)
@@ -145,7 +148,12 @@ def pseudo_label(
     human_train = [r for r in read_jsonl(dataset_dir / "samples.jsonl") if r["split"] == "train"]
     candidates = [dict(r, mask_score=1.0, mask_source="human") for r in read_jsonl(dataset_dir / "unlabeled.jsonl") if r["split"] == "train"]
     if sam2:
-        candidates += sam2_candidates(dataset_dir, human_train, device=device, **sam2)
+        if segmenter is None:
+            from dam_model.segmentation import Sam2Segmenter
+
+            segmenter = Sam2Segmenter.from_checkpoint(sam2["config"], sam2["checkpoint"], device=None if device == "auto" else device)
+        candidates += sam2_candidates(dataset_dir, human_train, segmenter, sam2.get("max_masks", 8),
+                                      sam2.get("min_area", 64), sam2.get("max_iou", 0.5))
     budget = max_pseudo_count(len(human_train), max_fraction)
     summary: dict[str, Any] = {"candidates": len(candidates), "human_train": len(human_train), "budget": budget, "kept": 0}
     if not candidates or budget == 0:
