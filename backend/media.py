@@ -27,6 +27,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
@@ -126,6 +127,8 @@ class MediaFetcher:
         self.auth = LabelStudioAuth(self.ls_url, settings.label_studio_api_key, self.session, settings.media_timeout)
         self._resolve = resolver or self._default_resolve
         self.cache_dir = Path(settings.media_cache_dir) if settings.media_cache_dir else None
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._images_lock = threading.Lock()
 
     # ---------- URL routing ----------
     @staticmethod
@@ -287,8 +290,20 @@ class MediaFetcher:
 
     # ---------- decode ----------
     def load_image(self, url: str, task_id: int | None = None) -> np.ndarray:
-        """The task image as HxWx3 uint8 RGB, EXIF orientation applied."""
-        return decode_image(self.fetch_bytes(url, task_id), self.settings.media_max_pixels)
+        """The task image as HxWx3 uint8 RGB, EXIF orientation applied (read-only array, shared by an LRU)."""
+        key = f"{task_id}|{url}" if urlsplit(url).scheme.lower() in CLOUD_SCHEMES else url
+        with self._images_lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        image = decode_image(self.fetch_bytes(url, task_id), self.settings.media_max_pixels)
+        image.setflags(write=False)
+        if self.settings.image_cache_items > 0:
+            with self._images_lock:
+                self._images[key] = image
+                while len(self._images) > self.settings.image_cache_items:
+                    self._images.popitem(last=False)
+        return image
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:

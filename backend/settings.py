@@ -92,6 +92,8 @@ class Settings:
     """Largest image, pixels (PIL decompression-bomb guard)."""
     media_timeout: float = 20.0
     """Seconds per media HTTP request."""
+    image_cache_items: int = 8
+    """Decoded images kept in memory (LRU by URL): interactive clicks on one image decode it once. 0 disables."""
 
     # --- Training hook ---
     events_file: str = "data/events/webhook_events.jsonl"
