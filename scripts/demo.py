@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help="DAM folder to serve (default: the tiny trained model, built and cached if missing)")
     parser.add_argument("--tasks", type=int, default=6, help="synthetic tasks in a new demo project (default 6)")
-    parser.add_argument("--segmenter", choices=["color", "sam2", "none"], default="color",
-                        help="keypoints -> mask: color (offline region growing, default), sam2 (needs SAM2_CHECKPOINT)")
+    parser.add_argument("--segmenter", choices=["region", "sam2", "none"], default="region",
+                        help="keypoints -> mask: region (offline colour region growing, default), sam2 (needs SAM2_CHECKPOINT)")
     parser.add_argument("--fresh", action="store_true", help="delete the run dir's Label Studio data first")
     parser.add_argument("--no-wait", "--smoke", dest="no_wait", action="store_true",
                         help="exit (stopping everything) once the demo project is ready")

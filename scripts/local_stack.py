@@ -474,7 +474,7 @@ def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 
     return tasks
 
 
-def backend_env(model_dir: Path, ls_url: str, ls_token: str, run_dir: Path, *, segmenter: str = "color",
+def backend_env(model_dir: Path, ls_url: str, ls_token: str, run_dir: Path, *, segmenter: str = "region",
                 s3: S3Target | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The backend's environment for a local run on CPU: the given DAM folder, offline segmenter, files under run_dir."""
     run_dir = Path(run_dir).resolve()
