@@ -100,3 +100,21 @@ def test_lock_refuses_a_second_holder_and_frees_on_process_death(tmp_path):
     time.sleep(0.1)
     with FileLock(path):  # the kernel released the dead holder's lock
         pass
+
+
+def test_promote_to_an_s3_prefix_then_rollback(tmp_path, s3_env, admin_s3, bucket):
+    root = f"s3://{bucket}/dam-models"
+    a = fake_model(tmp_path / "a", "A")
+    b = fake_model(tmp_path / "b", "B")
+    promote(root, a, metrics={"score": 0.1}, version="v1")
+    pointer = promote(root, b, metrics={"score": 0.2}, version="v2")
+    keys = sorted(item["Key"] for item in admin_s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert "dam-models/versions/v1/llm/model.safetensors" in keys and "dam-models/versions/v2/provenance.json" in keys
+    assert not any("checkpoints" in k for k in keys)
+    current = json.loads(admin_s3.get_object(Bucket=bucket, Key="dam-models/current.json")["Body"].read())
+    assert current == pointer and current["previous"] == "v1"
+    with pytest.raises(BadArguments, match="immutable"):
+        promote(root, a, version="v1")
+    assert rollback(root)["version"] == "v1"
+    current = json.loads(admin_s3.get_object(Bucket=bucket, Key="dam-models/current.json")["Body"].read())
+    assert current["version"] == "v1" and current["previous"] == "v2"
