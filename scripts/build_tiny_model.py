@@ -64,12 +64,12 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         model=dict(image_size=64, patch_size=8, vision_hidden_size=96, vision_intermediate_size=192, vision_layers=3,
-                   vision_heads=4, adapter_intermediate_size=192, llm_hidden_size=192, llm_intermediate_size=512,
-                   llm_layers=3, llm_heads=6, max_position_embeddings=512),
-        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=100, max_steps=3000, batch_size=16,
+                   vision_heads=4, adapter_intermediate_size=192, llm_hidden_size=160, llm_intermediate_size=384,
+                   llm_layers=3, llm_heads=5, max_position_embeddings=256),
+        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=60, max_steps=1400, batch_size=16,
                    train_vision=True, checkpoint_every=250, keep_last=2, log_every=50, num_threads=2,
                    default_prompt_fraction=0.5, seed=0),
-        vocab_size=512,
+        vocab_size=640,
         train_seed=1000,
         train_scenes=600,
         eval_seed=9000,
@@ -83,7 +83,7 @@ PROFILES: dict[str, Profile] = {
         train=dict(lr=3e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=700, batch_size=16,
                    train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
                    default_prompt_fraction=0.5, seed=0),
-        vocab_size=448,
+        vocab_size=512,
         train_seed=1000,
         train_scenes=300,
         eval_seed=9000,
@@ -123,11 +123,22 @@ def region_samples(seed: int, n_scenes: int, **scene_kwargs: Any) -> list[Any]:
     return synthetic_training_samples(seed, n_scenes, **scene_kwargs)
 
 
+def synthetic_eval_regions(seed: int, n_scenes: int, **scene_kwargs: Any) -> list[dict[str, Any]]:
+    """Attribute dicts of the regions of `region_samples(seed, n_scenes)`, in the same order (for the judge)."""
+    from dam_model.synthetic import generate_dataset
+
+    return [obj.attributes for scene in generate_dataset(seed, n_scenes, **scene_kwargs) for obj in scene.objects]
+
+
 def train_tiny_tokenizer(samples: list[Any], vocab_size: int, out_dir: Path) -> Any:
-    """Sentencepiece tokenizer on the captions, the augmented prompts and the conversation template."""
+    """Sentencepiece tokenizer on the captions, the augmented prompts and the conversation template.
+
+    The conversation template and the prompts are repeated about as often as they occur in training, so BPE
+    merges them into few pieces: the prompt is ~100 tokens otherwise, most of a tiny model's compute.
+    """
     from dam_model.augment import prompt_vocabulary_texts
     from dam_model.prompt import build_prompt
-    from dam_model.tokenizer import train_tokenizer
+    from dam_model.tokenizer import load_tokenizer, train_tokenizer
     from dam_model.training import as_training_sample
 
     texts: list[str] = []
@@ -136,43 +147,60 @@ def train_tiny_tokenizer(samples: list[Any], vocab_size: int, out_dir: Path) -> 
         texts.append(sample.caption)
         if sample.short_caption:
             texts.append(sample.short_caption)
-    texts += prompt_vocabulary_texts()
-    texts.append(build_prompt("Describe the masked region in detail."))
-    from dam_model.tokenizer import load_tokenizer
-
+    template = build_prompt("Describe the masked region in detail.")
+    prompts = prompt_vocabulary_texts(max_words=40, max_sentences=4)
+    texts += [template] * max(1, len(samples) // 2)
+    texts += prompts * max(1, len(samples) // (4 * len(prompts)))
     return load_tokenizer(train_tokenizer(texts, vocab_size, out_dir))
 
 
-def evaluate_model(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False) -> dict[str, Any]:
-    """Greedy captions for every held-out region, scored by the exact RuleJudge (DLC-style report)."""
-    from dam_model.evaluation import RuleJudge, evaluate_captions
+def generate_captions(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False,
+                      batch_size: int = 32) -> list[str]:
+    """Greedy caption per region with the model's default query.
 
-    captions = generate_captions(model, samples, max_new_tokens, global_only=global_only)
-    report = evaluate_captions(samples, captions, RuleJudge())
-    return report if isinstance(report, dict) else report.to_dict()
-
-
-def generate_captions(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False) -> list[str]:
-    """Greedy caption per region (default query). global_only forces the plain path (ablation)."""
+    global_only forces every region onto the plain path (full view + mask, no crop, no adapters), the
+    ablation's baseline; otherwise regions go through `describe_batch` (the serving path).
+    """
     import torch
 
+    from dam_model.focal import preprocess_regions
+    from dam_model.generation import GenerationSettings, generate, make_caption
+    from dam_model.prompt import build_prompt, tokenize_prompt
     from dam_model.training import as_training_sample
 
     model.eval()
-    captions = []
-    with torch.no_grad():
-        for raw in samples:
-            sample = as_training_sample(raw)
-            if global_only:
-                captions.append(_greedy_global(model, sample, max_new_tokens))
-            else:
-                out = model.describe(sample.image, [sample.mask], max_new_tokens=max_new_tokens, temperature=0.0)
-                captions.append(out[0].text)
+    regions = [as_training_sample(raw) for raw in samples]
+    captions: list[str] = []
+    for start in range(0, len(regions), batch_size):
+        chunk = regions[start:start + batch_size]
+        if not global_only:
+            captions += [c[0].text for c in model.describe_batch([(r.image, [r.mask]) for r in chunk],
+                                                                 max_new_tokens=max_new_tokens, temperature=0.0)]
+            continue
+        size = model.config.vision.image_size
+        pixels = torch.cat([preprocess_regions(r.image, [r.mask], size).pixel_values for r in chunk])
+        tokenizer = model.tokenizer
+        prompt = tokenize_prompt(tokenizer, build_prompt(model.config.image_query))
+        eos = model.config.llm.eos_token_id
+        with torch.inference_mode():
+            visual = model.encode_images(pixels.to(model.device), torch.zeros(len(chunk), dtype=torch.bool))
+            embeds, mask, _ = model.splice([prompt] * len(chunk), visual, padding_side="left")
+            ids, means = generate(model.llm, embeds, mask, GenerationSettings(max_new_tokens=max_new_tokens), eos,
+                                  model.config.llm.pad_token_id)
+        captions += [make_caption(tokenizer, row, mean, eos).text for row, mean in zip(ids, means)]
     return captions
 
 
-def _greedy_global(model: Any, sample: Any, max_new_tokens: int) -> str:
-    raise NotImplementedError
+def evaluate_model(model: Any, samples: list[Any], regions: list[dict[str, Any]], max_new_tokens: int,
+                   global_only: bool = False) -> dict[str, Any]:
+    """Greedy captions for every held-out region, scored by the exact RuleJudge (DLC-style report dict)."""
+    from dam_model.evaluation import RuleJudge, evaluate_captions
+
+    captions = generate_captions(model, samples, max_new_tokens, global_only=global_only)
+    references = [getattr(s, "caption", None) for s in samples]
+    report = evaluate_captions(captions, regions, RuleJudge(), references=references).to_dict()
+    report["examples"] = [{"caption": c, "reference": r} for c, r in list(zip(captions, references))[:12]]
+    return report
 
 
 def build(profile: Profile, out: Path | None = None, force: bool = False) -> Path:
@@ -198,6 +226,7 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
     print(f"building tiny model ({profile.name}) in {work}", flush=True)
     train_samples = region_samples(profile.train_seed, profile.train_scenes, **profile.synthetic)
     eval_samples = region_samples(profile.eval_seed, profile.eval_scenes, **profile.synthetic)
+    eval_regions = synthetic_eval_regions(profile.eval_seed, profile.eval_scenes, **profile.synthetic)
     tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, work / "tokenizer")
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
     torch.manual_seed(profile.train["seed"])
@@ -210,7 +239,7 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
 
     trained = DescribeAnythingModel.from_pretrained(str(final), device="cpu", dtype=torch.float32)
     eval_started = time.time()
-    report = evaluate_model(trained, eval_samples, profile.max_new_tokens)
+    report = evaluate_model(trained, eval_samples, eval_regions, profile.max_new_tokens)
     eval_seconds = time.time() - eval_started
     build_info = {"profile": profile.to_dict(), "cache_key": key, "train_seconds": round(train_seconds, 1),
                   "eval_seconds": round(eval_seconds, 1), "eval_seed": profile.eval_seed,
@@ -239,7 +268,10 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
 def print_summary(report: dict[str, Any], build_info: dict[str, Any]) -> None:
     """One line per headline figure of the eval report."""
     print(f"train {build_info['train_seconds']} s, eval {build_info['eval_seconds']} s")
-    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, list)}, sort_keys=True))
+    print(f"held-out DLC-style (RuleJudge): average {report['average']:.3f} positive {report['positive']:.3f} "
+          f"negative {report['negative']:.3f} recognized {report['recognition_rate']:.3f}")
+    for size, summary in report["by_size"].items():
+        print(f"  {size:<7} average {summary['average']:.3f} ({summary['regions']} regions)")
 
 
 def _link_latest(profile: Profile, target: Path, out: Path | None) -> None:
