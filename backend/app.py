@@ -109,7 +109,9 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("setup needs 'schema' (the label config XML)")
         try:
-            version = backend.setup(schema, project=body.get("project"), extra_params=body.get("extra_params"))
+            version = backend.setup(schema, project=body.get("project"), extra_params=body.get("extra_params"),
+                                    hostname=body.get("hostname") if isinstance(body.get("hostname"), str) else None,
+                                    access_token=body.get("access_token") if isinstance(body.get("access_token"), str) else None)
         except LabelConfigError as exc:
             raise Unprocessable(str(exc)) from None
         return jsonify(model_version=version)

@@ -130,6 +130,17 @@ class MediaFetcher:
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._images_lock = threading.Lock()
 
+    def adopt_label_studio(self, url: str, token: str) -> bool:
+        """Use /setup's hostname and access_token when LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not configured
+        (that token is the project creator's legacy token: refused when legacy tokens are off, so prefer the env)."""
+        if self.ls_url or not url or not url.startswith(("http://", "https://")):
+            return False
+        self.ls_url = url.rstrip("/")
+        self._ls_host = urlsplit(self.ls_url).netloc.lower()
+        self.auth = LabelStudioAuth(self.ls_url, token or "", self.session, self.settings.media_timeout)
+        log.info("media: using Label Studio at %s from /setup", self.ls_url)
+        return True
+
     # ---------- URL routing ----------
     @staticmethod
     def _default_resolve(host: str) -> list[str]:

@@ -79,9 +79,12 @@ class DAMBackend:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup
-    def setup(self, label_config: str, project: str | None = None, extra_params: dict | None = None) -> str:
+    def setup(self, label_config: str, project: str | None = None, extra_params: dict | None = None,
+              hostname: str | None = None, access_token: str | None = None) -> str:
         """Validate the label config (LabelConfigError names what is missing), start warming the model, return the version."""
         parse_label_config(label_config)
+        if hostname:
+            self.fetcher.adopt_label_studio(hostname, access_token or "")
         self.label_config = label_config
         self.store.warm_up_async()
         return self.store.model_version

@@ -97,6 +97,21 @@ def test_setup_malformed(client, data, status):
     assert r.status_code == status and "error" in r.json
 
 
+def test_setup_hostname_and_token_used_when_env_has_none(make_app, fake_ls):
+    """Without LABEL_STUDIO_URL, /setup's hostname + access_token (the creator's legacy token) fetch the media."""
+    ls = fake_ls(legacy_token=LEGACY)
+    ls.files["/data/upload/1/f7b8c0b1-img1.png"] = png_bytes(scene())
+    client = make_app().test_client()
+    body = load_payload("captured_setup_request.json")["body"]
+    body.update(schema=CAPTURED_CONFIG, hostname=ls.url, access_token=LEGACY)
+    assert client.post("/setup", json=body).status_code == 200
+    task = {"id": 1, "data": {"image": "/data/upload/1/f7b8c0b1-img1.png"},
+            "annotations": [{"result": [brush_item("r1", square_mask())]}]}
+    r = client.post("/predict", json=predict_body([task], CAPTURED_CONFIG))
+    assert r.status_code == 200 and len(r.json["results"][0]["result"]) == 2
+    assert ls.requests[-1]["auth"] == f"Token {LEGACY}"
+
+
 # ------------------------------------------------------------------ batch
 def test_captured_batch_without_regions_skips_in_order(ls_app, fake_dam):
     app, _ = ls_app
