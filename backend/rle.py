@@ -150,7 +150,9 @@ def _parse(rle: Sequence[int] | np.ndarray) -> tuple[int, np.ndarray, np.ndarray
 
     def top24(at: np.ndarray) -> np.ndarray:
         """The 24 bits starting at each bit position `at` (uint32 arithmetic: half the memory traffic of int64)."""
-        return (win32[at >> 3] << (at & 7).astype(np.uint32)) >> np.uint32(8)
+        if at.dtype != np.uint32:
+            at = at.astype(np.uint32)
+        return (win32[at >> np.uint32(3)] << (at & np.uint32(7))) >> np.uint32(8)
 
     # Every chunk is at least 12 bits and the padding at most 8, so chunks start before nbits - 12.
     stop = nbits - 12
@@ -164,7 +166,9 @@ def _parse(rle: Sequence[int] | np.ndarray) -> tuple[int, np.ndarray, np.ndarray
     # repeat chunk: 3 + sb + 8 bits; literal chunk: 3 + sb + 8 * length bits
     step = np.where(head_bits >= np.uint32(1 << 23), (11 + sizes).astype(np.uint32)[size_idx],
                     (11 + sizes).astype(np.uint32)[size_idx] + (field_len << np.uint32(3)))
-    hop = memoryview((step + pos - np.uint32(_HEADER_BITS)).astype(np.int64))  # chain following in Python: ~50 ns a chunk
+    step += pos
+    step -= np.uint32(_HEADER_BITS)
+    hop = memoryview(step)  # next chunk's offset for a chunk at each offset; followed in Python (~50 ns a chunk)
     starts: list[int] = []
     i, last = 0, stop - _HEADER_BITS
     while i < last:
@@ -173,7 +177,7 @@ def _parse(rle: Sequence[int] | np.ndarray) -> tuple[int, np.ndarray, np.ndarray
     idx = np.asarray(starts, dtype=np.int64)
     if idx.size == 0:
         raise RLEError("RLE holds no runs")
-    end_bit = int(pos[idx[-1]]) + int(step[idx[-1]])
+    end_bit = int(step[idx[-1]]) + _HEADER_BITS
     if end_bit > nbits:
         raise RLEError("RLE stream is truncated")
     c_flag = head_bits[idx] >> np.uint32(23)
