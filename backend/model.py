@@ -54,6 +54,14 @@ def _pct_box(value: dict[str, Any], width: int, height: int) -> np.ndarray:
         raise BadRequest("rectangle has a non-finite or empty geometry")
     x0, y0 = x / 100.0 * width, y / 100.0 * height
     x1, y1 = (x + w) / 100.0 * width, (y + h) / 100.0 * height
+    rotation = float(value.get("rotation") or 0.0)
+    if rotation % 360:  # Label Studio rotates clockwise about the top-left corner: take the rotated box's bounds
+        theta = math.radians(rotation)
+        dx = np.array([0.0, x1 - x0, x1 - x0, 0.0])
+        dy = np.array([0.0, 0.0, y1 - y0, y1 - y0])
+        xs = x0 + dx * math.cos(theta) - dy * math.sin(theta)
+        ys = y0 + dx * math.sin(theta) + dy * math.cos(theta)
+        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
     return np.array([max(0.0, x0), max(0.0, y0), min(width - 1.0, x1), min(height - 1.0, y1)], dtype=np.float32)
 
 
@@ -164,7 +172,8 @@ class DAMBackend:
             gen: dict[str, Any] = {"max_new_tokens": self.settings.max_new_tokens}
             if query is not None:
                 gen["query"] = self.category_query(loaded.model, query)
-            got = loaded.model.describe(image, [masks[i] for i in idx], **gen)
+            with loaded.lock:
+                got = loaded.model.describe(image, [masks[i] for i in idx], **gen)
             if len(got) != len(idx):
                 raise BackendError(f"model returned {len(got)} captions for {len(idx)} masks")
             for i, cap in zip(idx, got):
@@ -413,7 +422,9 @@ class DAMBackend:
             if not idx:
                 log.warning("task %s: track %s is empty on every frame; skipped", task.get("id"), rid)
                 continue
-            cap = loaded.model.describe_video([frames[i] for i in idx], [masks[i] for i in idx])
+            with loaded.lock:
+                cap = loaded.model.describe_video([frames[i] for i in idx], [masks[i] for i in idx],
+                                                  max_new_tokens=self.settings.max_new_tokens)
             if self.metrics is not None:
                 self.metrics.regions.inc(1, kind="video")
             score = R.region_score(cap.confidence)

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,10 +39,14 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A loaded model and its version. `lock` serialises generation on it: concurrent requests (gunicorn threads)
+    queue for the accelerator instead of competing for its memory, while /health and /setup stay responsive."""
+
     version: str
     source: str
     model: Any
     load_seconds: float
+    lock: Any = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 def resolve_device(device: str) -> str:

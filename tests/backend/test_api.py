@@ -395,3 +395,15 @@ def test_tiny_random_dam_end_to_end(make_app, random_dam_dir):
     task = {"id": 3, "data": {"image": "images/img1.png"}, "annotations": [{"result": [brush, text]}]}
     r = client.post("/predict", json=predict_body([task], CAPTURED_CONFIG))
     assert r.status_code == 200 and [i["type"] for i in r.json["results"][0]["result"]] == ["brushlabels", "textarea"]
+
+
+def test_rectangle_geometry_percent_and_rotation():
+    from backend.model import _pct_box
+
+    assert _pct_box({"x": 10, "y": 20, "width": 25, "height": 50}, 64, 48) == pytest.approx([6.4, 9.6, 22.4, 33.6])
+    rotated = _pct_box({"x": 10, "y": 20, "width": 25, "height": 50, "rotation": 90}, 64, 48)
+    assert rotated == pytest.approx([0.0, 9.6, 6.4, 25.6]), "rotated clockwise about the top-left corner"
+    from backend.errors import BadRequest
+
+    with pytest.raises(BadRequest):
+        _pct_box({"x": 10, "y": 20, "width": 0, "height": 50}, 64, 48)
