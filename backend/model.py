@@ -238,7 +238,7 @@ class DAMBackend:
             raise Unprocessable("interactive prompts are for images; video tracks are described in batch")
         image = self._image(task, cfg)
         height, width = image.shape[:2]
-        items = [r for r in ctx if isinstance(r, dict)]
+        items = [r for r in ctx if isinstance(r, dict) and r.get("to_name", cfg.obj.name) == cfg.obj.name]
         points, point_labels, box, prompt_labels = [], [], None, []
         brushes = []
         for item in items:
@@ -335,7 +335,8 @@ class DAMBackend:
     def _batch_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
         if cfg.is_video:
             return self._video_task(task, cfg, loaded)
-        regions = [r for r in self.collect_regions(task) if str(r.get("type")).lower() != "videorectangle"]
+        regions = [r for r in self.collect_regions(task) if str(r.get("type")).lower() != "videorectangle"
+                   and r.get("to_name", cfg.obj.name) == cfg.obj.name]
         if not regions and self.settings.no_region_mode == "skip":
             return R.prediction([], [], loaded.version)
         image = self._image(task, cfg)
@@ -382,7 +383,8 @@ class DAMBackend:
     def _video_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
         from .video import decode_video, interpolate_track, sample_frame_indices
 
-        tracks = [r for r in self.collect_regions(task) if str(r.get("type")).lower() == "videorectangle"]
+        tracks = [r for r in self.collect_regions(task) if str(r.get("type")).lower() == "videorectangle"
+                  and r.get("to_name", cfg.obj.name) == cfg.obj.name]
         if not tracks:
             return R.prediction([], [], loaded.version)
         data = task.get("data") if isinstance(task.get("data"), dict) else {}

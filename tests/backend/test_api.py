@@ -132,7 +132,8 @@ def test_batch_captions_every_region_with_one_call_per_image(ls_app, fake_dam):
     ann["result"][0]["value"]["rle"] = encode_rle(square_mask())  # the capture trims the RLE
     ann["result"][1]["value"]["rle"] = ann["result"][0]["value"]["rle"]
     task["annotations"] = [ann]
-    task["drafts"] = [{"result": [brush_item("draft_1", square_mask(y=(0, 5), x=(0, 5)))]}]
+    task["drafts"] = [{"result": [brush_item("draft_1", square_mask(y=(0, 5), x=(0, 5))),
+                                  brush_item("elsewhere", square_mask(), to_name="another_image")]}]
     stored = load_payload("stored_prediction_task.json")
     stored["result"][0]["value"]["rle"] = encode_rle(square_mask(y=(40, 48), x=(50, 64)))
     task["predictions"] = [stored]
