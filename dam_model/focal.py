@@ -5,11 +5,8 @@ Per region the model sees 8 channels at S x S (S = vision image size, 384 for DA
 bicubic on uint8 data, then rescaled by 1/255 and normalised with mean = std = 0.5 (range [-1, 1]).
 Masks are drawn as 0/255 images and resized like the RGB, so mask channels take intermediate levels.
 
-`preprocess_regions` builds that tensor for many regions of one image and shares work between them:
-the full image is resized once, masks are resized four at a time (packed into the bands of one RGBX
-image; PIL resamples every band independently with the same integer kernel, so the result is bit-identical
-to resizing each mask alone), each crop's RGB and mask are resized together as one RGBX image, and the
-uint8 -> float conversion is one table lookup over the whole batch.
+`preprocess_regions` builds that tensor for many regions of one image and shares work between them
+(see its docstring); scripts/benchmarks/preprocess.py measures it against a per-region pipeline.
 """
 from __future__ import annotations
 
@@ -111,38 +108,17 @@ def is_full_image(crop_box: Sequence[int], height: int, width: int) -> bool:
     return tuple(int(v) for v in crop_box) == (0, 0, width, height)
 
 
-def _rgbx(array_hw4: np.ndarray):
-    """uint8 HxWx4 -> PIL 'RGBX' image whose four bands are resampled independently (no alpha premultiply)."""
-    from PIL import Image
-
-    array_hw4 = np.ascontiguousarray(array_hw4)
-    h, w = array_hw4.shape[:2]
-    return Image.frombuffer("RGBX", (w, h), array_hw4.tobytes(), "raw", "RGBX", 0, 1)
-
-
-def resize_uint8_bands(bands_hwc: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic-resize C uint8 bands (HxWxC) to SxS, four bands per PIL call; returns uint8 CxSxS."""
-    from PIL import Image
-
-    h, w, c = bands_hwc.shape
-    out = np.empty((c, size, size), dtype=np.uint8)
-    for start in range(0, c, 4):
-        chunk = bands_hwc[:, :, start:start + 4]
-        n = chunk.shape[2]
-        if n < 4:
-            chunk = np.concatenate([chunk, np.zeros((h, w, 4 - n), np.uint8)], axis=2)
-        resized = np.asarray(_rgbx(chunk).resize((size, size), Image.BICUBIC))
-        out[start:start + n] = resized[:, :, :n].transpose(2, 0, 1)
-    return out
-
-
 def preprocess_regions(image, masks: Sequence, size: int) -> RegionBatch:
     """Image + N region masks -> the 8-channel model input for every region (the image is decoded once).
 
     image: HxWx3 uint8 numpy or PIL; masks: N masks HxW (bool/uint8; > 0 is foreground) or one HxW mask;
     size: the vision input size S in pixels. Raises ValueError for an empty mask or a mask of another size.
+    Shared work: one PIL image and one full-view resize for all regions, masks resized as 1-band L images
+    (bit-identical to the release's 3-channel mask resize, channel 0), plain-path regions reuse the full view,
+    and the uint8 -> float conversion is one table lookup for the whole batch.
     """
     import torch
+    from PIL import Image
 
     rgb = to_rgb_array(image)
     height, width = rgb.shape[:2]
@@ -156,21 +132,19 @@ def preprocess_regions(image, masks: Sequence, size: int) -> RegionBatch:
     crop_boxes = np.array([focal_crop_from_box(b, height, width) for b in mask_boxes], dtype=np.int64)
 
     out = np.empty((n, 8, size, size), dtype=np.uint8)
-    # Full image: once for all regions (packed with the first mask in the spare band).
-    masks_u8 = np.stack(binaries, axis=2).astype(np.uint8) * np.uint8(255)  # H x W x N
-    first = resize_uint8_bands(np.concatenate([rgb, masks_u8[:, :, :1]], axis=2), size)
-    out[:, 0:3] = first[None, 0:3]
-    out[0, 3] = first[3]
-    if n > 1:
-        out[1:, 3] = resize_uint8_bands(masks_u8[:, :, 1:], size)
+    full_image = Image.fromarray(rgb)
+    out[:, 0:3] = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)[None]
     is_focal = np.zeros(n, dtype=bool)
     for i, (x0, y0, x1, y1) in enumerate(crop_boxes):
+        mask_image = Image.fromarray(binaries[i].view(np.uint8) * np.uint8(255))
+        out[i, 3] = np.asarray(mask_image.resize((size, size), Image.BICUBIC))
         if is_full_image((x0, y0, x1, y1), height, width):
-            out[i, 4:8] = out[i, 0:4]  # same view: reuse the full resize
+            out[i, 4:8] = out[i, 0:4]  # same view: reuse the full resize (plain path)
             continue
         is_focal[i] = True
-        crop = np.concatenate([rgb[y0:y1, x0:x1], masks_u8[y0:y1, x0:x1, i:i + 1]], axis=2)
-        out[i, 4:8] = resize_uint8_bands(crop, size)
+        box = (int(x0), int(y0), int(x1), int(y1))
+        out[i, 4:7] = np.asarray(full_image.crop(box).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+        out[i, 7] = np.asarray(mask_image.crop(box).resize((size, size), Image.BICUBIC))
     pixel_values = torch.from_numpy(_LUT[out])
     return RegionBatch(pixel_values=pixel_values, is_focal=torch.from_numpy(is_focal), crop_boxes=crop_boxes,
                        mask_boxes=mask_boxes, pixel_values_u8=out)

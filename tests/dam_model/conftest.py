@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: extra threads only add contention on the shared 2-core machine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The reference fixtures live in ../shared beside the repo root (or in shared/ inside a copied checkout).
