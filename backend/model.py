@@ -239,7 +239,7 @@ class DAMBackend:
         image = self._image(task, cfg)
         height, width = image.shape[:2]
         items = [r for r in ctx if isinstance(r, dict) and r.get("to_name", cfg.obj.name) == cfg.obj.name]
-        points, point_labels, box, prompt_labels = [], [], None, []
+        points, point_labels, box, prompt_labels, rect_item = [], [], None, [], None
         brushes = []
         for item in items:
             kind = str(item.get("type", "")).lower()
@@ -251,6 +251,7 @@ class DAMBackend:
             elif kind in {"rectanglelabels", "rectangle"}:
                 box = _pct_box(value, width, height)  # the last rectangle wins: one region per request
                 prompt_labels += _labels_of(item)
+                rect_item = item
             elif kind in {"brushlabels", "brush"}:
                 brushes.append(item)
         masks, queries, scores_mask, emit = [], [], [], []
@@ -288,10 +289,14 @@ class DAMBackend:
             if what == "echo":
                 region_id = str(payload.get("id") or R.new_region_id())
                 out.append(R.echo_result({**payload, "id": region_id}, loaded.version))
+            elif cfg.brush is None:
+                # No brush in the config: a smart rectangle keeps its own geometry and gets the caption.
+                if rect_item is None:
+                    raise Unprocessable("label config has no <BrushLabels> to hold the predicted mask")
+                region_id = str(rect_item.get("id") or R.new_region_id())
+                out.append(R.echo_result({**rect_item, "id": region_id}, loaded.version))
             else:
                 region_id = R.new_region_id()
-                if cfg.brush is None:
-                    raise Unprocessable("label config has no <BrushLabels> to hold the predicted mask")
                 out.append(R.brush_result(cfg, region_id, mask, payload, loaded.version, score))
             out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
             scores.append(score)

@@ -408,3 +408,22 @@ def test_rectangle_geometry_percent_and_rotation():
 
     with pytest.raises(BadRequest):
         _pct_box({"x": 10, "y": 20, "width": 0, "height": 50}, 64, 48)
+
+
+def test_rectangle_only_config_captions_the_rectangle(make_app, fake_dam):
+    config = """<View><Image name="img" value="$image"/>
+      <RectangleLabels name="rect" toName="img" smart="true"><Label value="object"/></RectangleLabels>
+      <TextArea name="txt" toName="img" perRegion="true"/></View>"""
+    rect = {"id": "rect_7", "from_name": "rect", "to_name": "img", "type": "rectanglelabels", "original_width": 64,
+            "original_height": 48, "value": {"x": 10, "y": 20, "width": 25, "height": 50, "rectanglelabels": ["object"]}}
+    client = make_app().test_client()
+    r = client.post("/predict", json=predict_body([{"id": 1, "data": {"image": "images/img1.png"}}], config,
+                                                   {"result": [rect]}))
+    assert r.status_code == 200, r.json
+    geo, text = r.json["results"][0]["result"]
+    assert geo["type"] == "rectanglelabels" and geo["id"] == text["id"] == "rect_7" and text["from_name"] == "txt"
+    kp = {"id": "k", "from_name": "kp", "to_name": "img", "type": "keypointlabels", "is_positive": True,
+          "value": {"x": 50, "y": 50, "keypointlabels": ["object"]}}
+    r = client.post("/predict", json=predict_body([{"id": 1, "data": {"image": "images/img1.png"}}], config,
+                                                   {"result": [kp]}))
+    assert r.status_code == 422 and "BrushLabels" in r.json["error"]
