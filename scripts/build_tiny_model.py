@@ -53,33 +53,27 @@ class Profile:
     eval_seed: int
     eval_scenes: int
     max_new_tokens: int = 64
+    init_profile: str | None = None
+    """Continue training from that profile's (cached or freshly built) model: its tokenizer and architecture
+    are reused and `model` / `vocab_size` are ignored. Lets `default` build on the `ci` model."""
     synthetic: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the synthetic generator."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if d["init_profile"] is None:
+            del d["init_profile"]  # keeps the cache keys of profiles without it stable
+        return d
 
+
+_CI_MODEL = dict(image_size=64, patch_size=8, vision_hidden_size=64, vision_intermediate_size=128, vision_layers=3,
+                 vision_heads=4, adapter_intermediate_size=128, llm_hidden_size=128, llm_intermediate_size=256,
+                 llm_layers=2, llm_heads=4, max_position_embeddings=512)
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile(
-        name="default",
-        model=dict(image_size=64, patch_size=8, vision_hidden_size=96, vision_intermediate_size=192, vision_layers=3,
-                   vision_heads=4, adapter_intermediate_size=192, llm_hidden_size=160, llm_intermediate_size=384,
-                   llm_layers=3, llm_heads=5, max_position_embeddings=256),
-        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=60, max_steps=1400, batch_size=16,
-                   train_vision=True, checkpoint_every=250, keep_last=2, log_every=50, num_threads=2,
-                   default_prompt_fraction=0.5, seed=0),
-        vocab_size=640,
-        train_seed=1000,
-        train_scenes=600,
-        eval_seed=9000,
-        eval_scenes=40,
-    ),
     "ci": Profile(
         name="ci",
-        model=dict(image_size=64, patch_size=8, vision_hidden_size=64, vision_intermediate_size=128, vision_layers=3,
-                   vision_heads=4, adapter_intermediate_size=128, llm_hidden_size=128, llm_intermediate_size=256,
-                   llm_layers=2, llm_heads=4, max_position_embeddings=512),
+        model=_CI_MODEL,
         train=dict(lr=3e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=700, batch_size=16,
                    train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
                    default_prompt_fraction=0.5, seed=0),
@@ -88,6 +82,20 @@ PROFILES: dict[str, Profile] = {
         train_scenes=300,
         eval_seed=9000,
         eval_scenes=20,
+    ),
+    # The ci model trained further on twice the scenes (same seed: a superset of ci's scenes).
+    "default": Profile(
+        name="default",
+        model=_CI_MODEL,
+        train=dict(lr=3e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=30, max_steps=1500, batch_size=16,
+                   train_vision=True, checkpoint_every=250, keep_last=2, log_every=50, num_threads=2,
+                   default_prompt_fraction=0.5, seed=1),
+        vocab_size=512,
+        train_seed=1000,
+        train_scenes=600,
+        eval_seed=9000,
+        eval_scenes=40,
+        init_profile="ci",
     ),
 }
 
@@ -105,6 +113,7 @@ def cache_key(profile: Profile) -> str:
 
     payload = json.dumps({
         "profile": profile.to_dict(),
+        **({"init": cache_key(PROFILES[profile.init_profile])} if profile.init_profile else {}),
         "generator": getattr(synthetic, "GENERATOR_VERSION", None),
         "training": training_code_version(),
         "build": BUILD_FORMAT,
@@ -227,10 +236,14 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
     train_samples = region_samples(profile.train_seed, profile.train_scenes, **profile.synthetic)
     eval_samples = region_samples(profile.eval_seed, profile.eval_scenes, **profile.synthetic)
     eval_regions = synthetic_eval_regions(profile.eval_seed, profile.eval_scenes, **profile.synthetic)
-    tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, work / "tokenizer")
-    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
-    torch.manual_seed(profile.train["seed"])
-    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=vocab, **profile.model), tokenizer=tokenizer)
+    if profile.init_profile:
+        init_dir = build(PROFILES[profile.init_profile])
+        model = DescribeAnythingModel.from_pretrained(str(init_dir), device="cpu", dtype=torch.float32)
+    else:
+        tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, work / "tokenizer")
+        torch.manual_seed(profile.train["seed"])
+        model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tokenizer), **profile.model),
+                                                  tokenizer=tokenizer)
     cfg = TrainConfig(out_dir=str(work / "train"), **profile.train,
                       extra={"profile": profile.name, "cache_key": key, "train_seed": profile.train_seed,
                              "train_scenes": profile.train_scenes})
