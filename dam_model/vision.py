@@ -29,18 +29,15 @@ def activation(name: str):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention, no mask. q [B, Nq, D], k/v [B, Nk, D] -> [B, Nq, D]; scale head_dim^-0.5, fp32 softmax."""
+    """Multi-head attention, no mask. q [B, Nq, D], k/v [B, Nk, D] -> [B, Nq, D]; scale head_dim^-0.5."""
     b, nq, d = q.shape
     nk = k.shape[1]
     hd = d // heads
     q = q.view(b, nq, heads, hd).transpose(1, 2)
     k = k.view(b, nk, heads, hd).transpose(1, 2)
     v = v.view(b, nk, heads, hd).transpose(1, 2)
-    if q.dtype == torch.float32:
-        out = F.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)
-    else:  # low precision: softmax in fp32 as the release does
-        weights = torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5
-        out = torch.matmul(torch.softmax(weights.float(), dim=-1).to(q.dtype), v)
+    # SDPA kernels keep the softmax statistics in fp32 also for bf16/fp16 inputs (the release's fp32 softmax)
+    out = F.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)
     return out.transpose(1, 2).reshape(b, nq, d)
 
 
