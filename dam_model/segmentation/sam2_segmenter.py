@@ -222,6 +222,7 @@ class Sam2Segmenter:
         with _quiet_jit_script():
             self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=self.mask_threshold)
         self._counter_lock = threading.Lock()
+        self._dense_pe: "Optional[torch.Tensor]" = None  # positional encoding of the S/16 grid: same for every image
         self.encoder_calls = 0  # image-encoder runs for single images (cache misses); tests observe it
 
     @classmethod
@@ -302,6 +303,14 @@ class Sam2Segmenter:
             image_embed=maps[-1].clone(), high_res_feats=tuple(m.clone() for m in maps[:-1]), orig_hw=rgb.shape[:2]
         )
 
+    def _image_pe(self) -> "torch.Tensor":
+        """The decoder's dense positional encoding [1, 256, S/16, S/16], computed once (it depends only on S)."""
+        if self._dense_pe is None:
+            with self._counter_lock:
+                if self._dense_pe is None:
+                    self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe().clone()
+        return self._dense_pe
+
     def predict(
         self,
         image: Any,
@@ -355,7 +364,7 @@ class Sam2Segmenter:
             sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=mask_tensor)
             low_res_masks, iou_predictions, _, _ = model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed,
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                image_pe=self._image_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
