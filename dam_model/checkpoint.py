@@ -149,7 +149,7 @@ def load_pretrained(cls, path_or_hub_id: str | os.PathLike, device: str | torch.
         sub = folder / component
         if not sub.is_dir():
             raise FileNotFoundError(f"{folder}: missing sub-folder {component}/")
-        tensors = read_safetensors_folder(sub)
+        tensors = read_safetensors_folder(sub, device=device if device.type == "cuda" else "cpu")
         check_keys(component, expected_keys(model, component), tensors)
         tensors = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
                    for k, v in tensors.items()}

@@ -107,6 +107,16 @@ class VisionConfig:
         return cls(**known, extra=extra)
 
 
+# Options of the release's context provider that this implementation fixes to these values (written to
+# fresh configs so the official loader finds them).
+RELEASE_CONTEXT_PROVIDER_DEFAULTS: dict[str, Any] = {
+    "attention_dropout": 0.0, "residual_dropout": 0.0, "context_image_as_queries": False,
+    "context_provider_layer_indices": None, "masked_cross_attn": False, "treat_image_as_cimage": False,
+    "crop_embedding_mode": "add", "crop_position_single_embedding": False, "trainable_crop_position_embedding": True,
+    "num_channels": 3, "num_mask_channels": 1,
+}
+
+
 @dataclass
 class ContextProviderConfig:
     """Gated cross-attention adapters run after every SigLIP layer in the focal pass (`context_provider_cfg`)."""
@@ -140,6 +150,8 @@ class ContextProviderConfig:
         d = copy.deepcopy(self.extra)
         d.setdefault("architectures", ["ContextProvider"])
         d["model_type"] = "context_provider"
+        for key, value in RELEASE_CONTEXT_PROVIDER_DEFAULTS.items():  # what the official loader reads
+            d.setdefault(key, value)
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
         if self.gate_style == "linear":
             d.pop("gate_style")  # keep official files byte-for-byte familiar; linear is the official default
@@ -214,6 +226,7 @@ class LLMConfig:
         d = copy.deepcopy(self.extra)
         d.setdefault("architectures", ["LlamaForCausalLM"])
         d["model_type"] = "llama"
+        d.setdefault("model_max_length", None)
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
         return d
 
@@ -334,7 +347,8 @@ class DAMConfig:
             "llm_cfg": self.llm.to_dict(),
             "vision_tower_cfg": self.vision.to_dict(),
             "mm_projector_cfg": self.projector.to_dict(),
-            "context_provider_cfg": self.context_provider.to_dict(),
+            "context_provider_cfg": {"image_size": self.vision.image_size, "patch_size": self.vision.patch_size,
+                                     **self.context_provider.to_dict()},
             "mask_encoder_cfg": d.get("mask_encoder_cfg"),
             "hidden_size": self.llm.hidden_size,
             "mm_hidden_size": self.vision.hidden_size,
