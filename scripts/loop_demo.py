@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--endpoint-url", help="existing S3 endpoint (default: start a moto server process)")
     parser.add_argument("--bucket", default="ls-export")
+    parser.add_argument("--trainable", default="llm,projector,adapters,mask_embedding,vision")
+    parser.add_argument("--eval-max-samples", type=int, default=40, help="validation regions in the nightly evaluate step")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         command = [sys.executable, "-m", "scripts.nightly", "--max-steps", str(args.max_steps), "--lr", str(args.lr),
                    "--batch-size", str(args.batch_size), "--num-threads", str(args.threads), "--device", "cpu",
-                   "--checkpoint-every", "100", "--version", "v1", "--margin", "0"]
+                   "--checkpoint-every", "100", "--version", "v1", "--margin", "0", "--trainable", args.trainable,
+                   "--eval-max-samples", str(args.eval_max_samples)]
         print("running:", " ".join(command), flush=True)
         nightly = subprocess.run(command, cwd=ROOT, env=env)
         t1 = time.time()

@@ -119,16 +119,26 @@ def _one_region(dataset: Path):
 
 
 def test_worse_candidate_is_not_promoted(tmp_path, admin_s3, bucket, export_factory, loop_env, loop_champion_model):
-    """Champion: a trained tiny DAM. Candidate: one step from the random start model (deliberately worse)."""
+    """Champion: the trained tiny DAM. Candidate: one step from the random start model (deliberately worse).
+
+    The tasks carry no attribute record here, so the promotion score is CIDEr against the corrected captions
+    (the DLC-style judge rewards silence, which a random model's unparsable output resembles)."""
     models = Path(loop_env["MODELS_ROOT"])
     good = run_module("scripts.promote", "--models-root", str(models), "promote", "--candidate", str(loop_champion_model),
                       "--force", "--version", "trained")
     assert good.returncode == 0, good.stderr
-    put_objects(admin_s3, bucket, export_factory(41, 6, fmt="annotation", prefix="ls"))
-    worse = nightly(loop_env, "--max-steps", "1", "--margin", "0", "--no-pseudo-label", "--init", loop_env["INIT_MODEL"])
+    objects = export_factory(41, 6, fmt="annotation", prefix="ls")
+    for key, body in objects.items():
+        annotation = json.loads(body)
+        annotation["task"].pop("meta", None)
+        objects[key] = json.dumps(annotation).encode()
+    put_objects(admin_s3, bucket, objects)
+    worse = nightly(loop_env, "--max-steps", "1", "--margin", "0", "--no-pseudo-label", "--init", loop_env["INIT_MODEL"],
+                    "--eval-max-new-tokens", "24")
     assert worse.returncode == 11, worse.stderr[-3000:]
     summary = last_summary(Path(loop_env["LOOP_WORK_ROOT"]))
     evaluation = summary["steps"]["evaluate"]
+    assert evaluation["score_name"] == "cider"
     assert evaluation["candidate"]["score"] < evaluation["champion"]["score"]
     assert read_json(models / "current.json")["version"] == "trained"
     assert sorted(p.name for p in (models / "versions").iterdir()) == ["trained"]
