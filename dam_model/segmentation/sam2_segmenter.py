@@ -37,7 +37,7 @@ for _canonical, (_path, _aliases) in _SAM21_CONFIGS.items():
     for _alias in _aliases:
         _ALIASES[_alias] = _canonical
 
-DEFAULT_CACHE_BYTES = 512 * 1024 * 1024  # ~32 hiera-t embeddings at 1024 px (16 MiB each, float32)
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024  # ~19 hiera-t images at 1024 px (16 MiB features + 10 MiB decoder inputs)
 _BUILD_LOCK = threading.Lock()  # hydra's global config store is not thread-safe
 
 
@@ -191,11 +191,14 @@ class ImageEmbedding:
     image_embed:    [1, 256, S/16, S/16] (no-memory embedding already added, as SAM2ImagePredictor does).
     high_res_feats: [1, 32, S/4, S/4] and [1, 64, S/8, S/8] for hiera configs.
     orig_hw:        (H, W) of the original image, used to map prompts and masks.
+    image_side:     the decoder's prompt-independent inputs (see fast_decoder.precompute_image_side),
+                    or None when the fast decoder is off.
     """
 
     image_embed: "torch.Tensor"
     high_res_feats: tuple["torch.Tensor", ...]
     orig_hw: tuple[int, int]
+    image_side: Optional[dict[str, "torch.Tensor"]] = None
 
 
 class Sam2Segmenter:
@@ -211,18 +214,22 @@ class Sam2Segmenter:
         dtype: "str | torch.dtype" = "float32",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         mask_threshold: float = 0.0,
+        fast_decoder: bool = True,
     ) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
         self.model = model
         self.dtype = _as_torch_dtype(dtype)
         self.mask_threshold = float(mask_threshold)
+        # reuse the decoder's image-side work across clicks (fast_decoder.py); False = sam2's decoder every time
+        self.fast_decoder = bool(fast_decoder)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(cache_bytes)
         # sam2's own resize + ImageNet normalisation, so embeddings match SAM2ImagePredictor's
         with _quiet_jit_script():
             self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=self.mask_threshold)
         self._counter_lock = threading.Lock()
         self._dense_pe: "Optional[torch.Tensor]" = None  # positional encoding of the S/16 grid: same for every image
+        self._key_pe: "Optional[torch.Tensor]" = None  # the same, flattened to [1, hw, C]
         self.encoder_calls = 0  # image-encoder runs for single images (cache misses); tests observe it
 
     @classmethod
@@ -299,8 +306,16 @@ class Sam2Segmenter:
                 vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
             # [HW, 1, C] -> [1, C, H, W] for each level, sizes taken from the backbone (they follow S)
             maps = [feat.permute(1, 2, 0).reshape(1, -1, h, w) for feat, (h, w) in zip(vision_feats, feat_sizes)]
+            image_side = None
+            if self.fast_decoder:
+                from .fast_decoder import precompute_image_side
+
+                image_side = precompute_image_side(model, maps[-1], self._image_pe())
         return ImageEmbedding(
-            image_embed=maps[-1].clone(), high_res_feats=tuple(m.clone() for m in maps[:-1]), orig_hw=rgb.shape[:2]
+            image_embed=maps[-1].clone(),
+            high_res_feats=tuple(m.clone() for m in maps[:-1]),
+            orig_hw=rgb.shape[:2],
+            image_side=image_side,
         )
 
     def _image_pe(self) -> "torch.Tensor":
@@ -308,7 +323,9 @@ class Sam2Segmenter:
         if self._dense_pe is None:
             with self._counter_lock:
                 if self._dense_pe is None:
-                    self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe().clone()
+                    dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+                    self._key_pe = dense_pe.flatten(2).permute(0, 2, 1).contiguous()
+                    self._dense_pe = dense_pe.clone()
         return self._dense_pe
 
     def predict(
@@ -362,15 +379,29 @@ class Sam2Segmenter:
         model = self.model
         with torch.inference_mode(), self.autocast():
             sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=mask_tensor)
-            low_res_masks, iou_predictions, _, _ = model.sam_mask_decoder(
-                image_embeddings=embedding.image_embed,
-                image_pe=self._image_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                repeat_image=False,
-                high_res_features=list(embedding.high_res_feats),
-            )
+            if mask_tensor is None and embedding.image_side is not None:
+                from .fast_decoder import decode
+
+                image_pe = self._image_pe()
+                low_res_masks, iou_predictions = decode(
+                    model,
+                    embedding.image_side,
+                    self._key_pe,
+                    list(embedding.high_res_feats),
+                    sparse,
+                    hw=tuple(image_pe.shape[-2:]),
+                    multimask_output=multimask,
+                )
+            else:
+                low_res_masks, iou_predictions, _, _ = model.sam_mask_decoder(
+                    image_embeddings=embedding.image_embed,
+                    image_pe=self._image_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask,
+                    repeat_image=False,
+                    high_res_features=list(embedding.high_res_feats),
+                )
             best = int(torch.argmax(iou_predictions[0]))
             logits = low_res_masks[0, best : best + 1].float().clamp(-32.0, 32.0)  # [1, S/4, S/4]
             full = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]

@@ -214,3 +214,30 @@ def test_automatic_masks_sorted_capped_and_filtered(segmenter):
     large = segmenter.automatic_masks(image, max_masks=50, min_area=threshold, **loose)
     assert large and all(m.area >= threshold for m in large)
     assert len(large) == sum(m.area >= threshold for m in masks)
+
+
+# ---------------------------------------------------------------------------------------------- fast decoder
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"points": [[10, 10]], "labels": [1]},
+        {"points": [[10, 10], [30, 20]], "labels": [1, 0]},
+        {"box": [3, 3, 40, 30]},
+        {"box": [3, 3, 40, 30], "points": [[20, 20]], "labels": [0]},
+    ],
+)
+def test_fast_decoder_matches_sam2_decoder(sam_model, monkeypatch, prompt):
+    image = textured_background(45, 67, seed=4)
+    reference = Sam2Segmenter(sam_model, fast_decoder=False).predict(image, **prompt)
+    sam2_decoder_calls = []
+    original = sam_model.sam_mask_decoder.forward
+    monkeypatch.setattr(sam_model.sam_mask_decoder, "forward", lambda *a, **k: sam2_decoder_calls.append(1) or original(*a, **k))
+    fast_segmenter = Sam2Segmenter(sam_model)
+    fast = fast_segmenter.predict(image, **prompt)
+    assert not sam2_decoder_calls  # the reimplemented path ran
+    assert np.abs(fast.logits - reference.logits).max() < 1e-5
+    assert fast.score == pytest.approx(reference.score, abs=1e-6)
+    assert np.array_equal(fast.mask, reference.mask)
+    # refinement with a mask prompt goes through sam2's own decoder
+    fast_segmenter.predict(image, **prompt, mask_input=fast.logits)
+    assert len(sam2_decoder_calls) == 1
