@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
 import math

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from scripts.loop_common import (
-    EXIT_BAD_ARGS,
     EXIT_FAILURE,
     EXIT_NOT_BETTER,
     EXIT_PROMOTED,

@@ -5,7 +5,6 @@ the end; each test gets its own bucket. Credentials are dummy values set in the 
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
