@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=6, help="synthetic tasks in a new demo project (default 6)")
     parser.add_argument("--segmenter", choices=["region", "sam2", "none"], default="region",
                         help="keypoints -> mask: region (offline colour region growing, default), sam2 (needs SAM2_CHECKPOINT)")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="tasks per Retrieve-predictions call (one /predict each; default 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="caption length cap of the demo backend, tokens (default 64: the tiny model's captions are short)")
     parser.add_argument("--fresh", action="store_true", help="delete the run dir's Label Studio data first")
     parser.add_argument("--no-wait", "--smoke", dest="no_wait", action="store_true",
                         help="exit (stopping everything) once the demo project is ready")
@@ -132,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
     creds = load_credentials(run_dir, ls_data)
     label_config = (ROOT / "label_config" / "image.xml").read_text()
 
-    with LocalStack(run_dir, host=args.host) as stack:
+    with LocalStack(run_dir, host=args.host, verbose=True) as stack:
         # Ctrl-C and SIGTERM both unwind through the `with`, which stops every child process group.
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (nohup, &)
         print(f"==> S3 (moto) on :{args.s3_port}", flush=True)
         s3_service = stack.start_s3(args.s3_port)
         s3 = S3Target(endpoint=s3_service.url)
@@ -142,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"==> Label Studio on :{args.ls_port} (first start ~40 s: database migrations)", flush=True)
         ls = stack.start_label_studio(args.ls_port, creds, ls_data)
         print(f"==> backend on :{args.backend_port} serving {model_dir}", flush=True)
-        env = backend_env(model_dir, ls.url, creds.token, run_dir, segmenter=args.segmenter, s3=s3)
+        env = backend_env(model_dir, ls.url, creds.token, run_dir, segmenter=args.segmenter, s3=s3,
+                          extra={"MAX_NEW_TOKENS": str(args.max_new_tokens)})
         backend = stack.start_backend(args.backend_port, env)
 
         api = LabelStudioAPI(ls.url, creds.token)
@@ -159,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
             task_ids = [int(t["id"]) for t in api.tasks(project_id)]
         print("==> Retrieve predictions (captions every region of every task)", flush=True)
         t0 = time.monotonic()
-        api.retrieve_predictions(project_id, task_ids)
+        for start in range(0, len(task_ids), max(1, args.batch)):  # one /predict per batch: stays under the timeout
+            api.retrieve_predictions(project_id, task_ids[start:start + max(1, args.batch)])
         captioned = count_captioned(api, task_ids)
         print(f"    {captioned}/{len(task_ids)} tasks hold a captioned prediction ({time.monotonic() - t0:.1f} s)")
 

@@ -105,9 +105,10 @@ class LocalStack:
     ``run_dir`` receives ``logs/``; each ``start_*`` method returns once the service answers its health check.
     """
 
-    def __init__(self, run_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, run_dir: Path, host: str = "127.0.0.1", verbose: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
+        self.verbose = verbose
         self.log_dir = self.run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.services: list[ManagedProcess] = []
@@ -137,7 +138,10 @@ class LocalStack:
     def stop(self, grace_s: float = 20.0) -> None:
         """Stop every service, newest first: SIGTERM to its process group, SIGKILL after ``grace_s`` seconds."""
         for service in reversed(self.services):
+            started = time.monotonic()
             _stop_group(service.process, grace_s)
+            if self.verbose:
+                print(f"    stopped {service.name} ({time.monotonic() - started:.1f} s)", flush=True)
         self.services.clear()
 
     # -- services
@@ -147,7 +151,7 @@ class LocalStack:
         credentials: LabelStudioCredentials,
         data_dir: Path,
         extra_env: Mapping[str, str] | None = None,
-        timeout_s: float = 240.0,
+        timeout_s: float = 600.0,
     ) -> ManagedProcess:
         """Start Label Studio on ``host:port`` with its sqlite data under ``data_dir``; first start ~40 s (migrations)."""
         data_dir = Path(data_dir).resolve()
@@ -192,6 +196,7 @@ def label_studio_env(
       the legacy token is refused (401) unless LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true.
     - ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false let it call a backend / S3 on 127.0.0.1.
     - LATEST_VERSION_CHECK=false: no call to PyPI at start (offline machines, CI).
+    - ML_TIMEOUT_PREDICT=300 (unless set): seconds Label Studio waits for /predict (its default is 100).
     """
     env = dict(os.environ)
     # our venv's variables must not leak into Label Studio's own interpreter
@@ -208,6 +213,8 @@ def label_studio_env(
             "SSRF_PROTECTION_ENABLED": "false",
             "LATEST_VERSION_CHECK": "false",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            # Label Studio abandons a /predict after 100 s by default; CPU captioning of a batch can take longer.
+            "ML_TIMEOUT_PREDICT": env.get("ML_TIMEOUT_PREDICT", "300"),
         }
     )
     env.update(extra_env or {})
