@@ -10,6 +10,7 @@ Masks are drawn as 0/255 images and resized like the RGB, so mask channels take 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -108,14 +109,21 @@ def is_full_image(crop_box: Sequence[int], height: int, width: int) -> bool:
     return tuple(int(v) for v in crop_box) == (0, 0, width, height)
 
 
-def preprocess_regions(image, masks: Sequence, size: int) -> RegionBatch:
+def default_workers() -> int:
+    """Threads worth using for region preprocessing on this machine (PIL resampling and numpy lookups release
+    the GIL); `preprocess_regions` stays serial unless asked, so shared CPUs are not oversubscribed."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = None) -> RegionBatch:
     """Image + N region masks -> the 8-channel model input for every region (the image is decoded once).
 
     image: HxWx3 uint8 numpy or PIL; masks: N masks HxW (bool/uint8; > 0 is foreground) or one HxW mask;
-    size: the vision input size S in pixels. Raises ValueError for an empty mask or a mask of another size.
+    size: the vision input size S in pixels; workers: threads over regions (default 1 = serial; see
+    `default_workers()`). Raises ValueError for an empty mask or a mask of another size.
     Shared work: one PIL image and one full-view resize for all regions, masks resized as 1-band L images
     (bit-identical to the release's 3-channel mask resize, channel 0), plain-path regions reuse the full view,
-    and the uint8 -> float conversion is one table lookup for the whole batch.
+    and the uint8 -> float conversion is a table lookup written straight into the batch tensor.
     """
     import torch
     from PIL import Image
@@ -132,22 +140,34 @@ def preprocess_regions(image, masks: Sequence, size: int) -> RegionBatch:
     crop_boxes = np.array([focal_crop_from_box(b, height, width) for b in mask_boxes], dtype=np.int64)
 
     out = np.empty((n, 8, size, size), dtype=np.uint8)
+    values = np.empty((n, 8, size, size), dtype=np.float32)
     full_image = Image.fromarray(rgb)
-    out[:, 0:3] = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)[None]
-    is_focal = np.zeros(n, dtype=bool)
-    for i, (x0, y0, x1, y1) in enumerate(crop_boxes):
+    full_view = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+    is_focal = np.array([not is_full_image(box, height, width) for box in crop_boxes], dtype=bool)
+
+    def one_region(i: int) -> None:
+        out[i, 0:3] = full_view
         mask_image = Image.fromarray(binaries[i].view(np.uint8) * np.uint8(255))
         out[i, 3] = np.asarray(mask_image.resize((size, size), Image.BICUBIC))
-        if is_full_image((x0, y0, x1, y1), height, width):
+        if not is_focal[i]:
             out[i, 4:8] = out[i, 0:4]  # same view: reuse the full resize (plain path)
-            continue
-        is_focal[i] = True
-        box = (int(x0), int(y0), int(x1), int(y1))
-        out[i, 4:7] = np.asarray(full_image.crop(box).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
-        out[i, 7] = np.asarray(mask_image.crop(box).resize((size, size), Image.BICUBIC))
-    pixel_values = torch.from_numpy(_LUT[out])
-    return RegionBatch(pixel_values=pixel_values, is_focal=torch.from_numpy(is_focal), crop_boxes=crop_boxes,
-                       mask_boxes=mask_boxes, pixel_values_u8=out)
+        else:
+            box = tuple(int(v) for v in crop_boxes[i])
+            out[i, 4:7] = np.asarray(full_image.crop(box).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+            out[i, 7] = np.asarray(mask_image.crop(box).resize((size, size), Image.BICUBIC))
+        values[i] = _LUT[out[i]]  # fancy indexing beats np.take here
+
+    workers = 1 if workers is None else workers
+    if workers > 1 and n > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
+            list(pool.map(one_region, range(n)))
+    else:
+        for i in range(n):
+            one_region(i)
+    return RegionBatch(pixel_values=torch.from_numpy(values), is_focal=torch.from_numpy(is_focal),
+                       crop_boxes=crop_boxes, mask_boxes=mask_boxes, pixel_values_u8=out)
 
 
 def preprocess_frames(frames: Sequence, masks: Sequence, size: int) -> RegionBatch:
