@@ -59,6 +59,20 @@ def run_variant(name: str, global_only: bool, args: argparse.Namespace, tokenize
             "eval_seconds": round(time.time() - started, 1)}
 
 
+def _run_in_subprocesses(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each variant in its own `python -m scripts.ablation --only NAME` process; results read back from json."""
+    import subprocess
+
+    base = ["--steps", str(args.steps), "--train-scenes", str(args.train_scenes), "--eval-scenes",
+            str(args.eval_scenes), "--profile", args.profile, "--seed", str(args.seed), "--out", str(args.out)]
+    procs = [subprocess.Popen([sys.executable, "-m", "scripts.ablation", *base, "--jobs", "1", "--only", name],
+                              cwd=ROOT) for name in ("focal", "global")]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"ablation variant processes exited with {codes}")
+    return [json.loads((args.out / f"{name}.json").read_text()) for name in ("focal", "global")]
+
+
 def small_score(report: dict[str, Any]) -> float:
     """The DLC-style average on small objects."""
     return float(report["by_size"]["small"]["average"])
@@ -72,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="ci", help="model size and optimiser settings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("ablation_out"))
+    parser.add_argument("--jobs", type=int, choices=[1, 2], default=1,
+                        help="2 = train the two variants in two processes at once (same results, less wall time)")
+    parser.add_argument("--only", choices=["focal", "global"], help=argparse.SUPPRESS)  # one variant (used by --jobs 2)
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -88,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     eval_regions = synthetic_eval_regions(9000 + args.seed, args.eval_scenes, sizes=ABLATION_SIZES)
     tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, args.out / "tokenizer")
 
-    results = [run_variant(name, global_only, args, tokenizer, train_samples, eval_samples, eval_regions)
-               for name, global_only in (("focal", False), ("global", True))]
+    variants = [(name, global_only) for name, global_only in (("focal", False), ("global", True))
+                if args.only in (None, name)]
+    if args.jobs == 2 and args.only is None:
+        results = _run_in_subprocesses(args)
+    else:
+        results = [run_variant(name, global_only, args, tokenizer, train_samples, eval_samples, eval_regions)
+                   for name, global_only in variants]
+    if args.only is not None:
+        (args.out / f"{args.only}.json").write_text(json.dumps(results[0], sort_keys=True, default=str))
+        return 0
 
     print(f"\nablation: {args.steps} steps, {len(train_samples)} train regions, "
           f"{len(eval_samples)} held-out regions (profile {args.profile}, sizes {list(ABLATION_SIZES)})")
