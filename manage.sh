@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3}
+# OpenMP threads that spin while waiting slow a shared 2-core machine down by an order of magnitude.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 VENV=.venv
 LS_VENV=${LS_VENV:-.venv-ls}
 LS_VERSION=1.23.2
