@@ -210,6 +210,14 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
+def latest_dataset_dir(work_root: Path) -> Path:
+    """The dataset folder of the latest pulled snapshot (``<work root>/datasets/<snapshot id>``)."""
+    manifest = Path(work_root) / "manifest.json"
+    if not manifest.exists():
+        raise BadArguments("no --dataset and no pulled snapshot in the work root")
+    return Path(work_root) / "datasets" / read_json(manifest)["snapshot_id"]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSON-lines file ([] when the file does not exist)."""
     path = Path(path)

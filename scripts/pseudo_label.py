@@ -33,13 +33,13 @@ from scripts.loop_common import (
     BadArguments,
     LoopError,
     add_log_level_arg,
+    latest_dataset_dir,
     add_models_root_arg,
     add_work_root_arg,
     env_default,
     env_float,
     env_int,
     fraction,
-    read_json,
     read_jsonl,
     setup_logging,
     utc_iso,
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from scripts.train import resolve_init
 
-        dataset = args.dataset or Path(args.work_root) / "datasets" / read_json(Path(args.work_root) / "manifest.json")["snapshot_id"]
+        dataset = args.dataset or latest_dataset_dir(Path(args.work_root))
         model_dir = resolve_init(str(args.model) if args.model else None, args.models_root)
         summary = pseudo_label(
             dataset, model_dir, args.min_logprob, args.min_mask_score, args.max_fraction, args.device,

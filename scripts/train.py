@@ -37,6 +37,7 @@ from scripts.loop_common import (
     LoopError,
     NoSamples,
     add_log_level_arg,
+    latest_dataset_dir,
     add_models_root_arg,
     add_work_root_arg,
     env_default,
@@ -129,12 +130,7 @@ def run(args: argparse.Namespace) -> Path:
 
     check_world_size()
     work_root = Path(args.work_root)
-    dataset_dir = Path(args.dataset) if args.dataset else None
-    if dataset_dir is None:
-        manifest = work_root / "manifest.json"
-        if not manifest.exists():
-            raise BadArguments("no --dataset and no pulled snapshot in the work root")
-        dataset_dir = work_root / "datasets" / read_json(manifest)["snapshot_id"]
+    dataset_dir = Path(args.dataset) if args.dataset else latest_dataset_dir(work_root)
     if not (dataset_dir / "dataset.json").exists():
         raise BadArguments(f"{dataset_dir} is not a built dataset (no dataset.json): run scripts.build")
     init = resolve_init(args.init, args.models_root)
