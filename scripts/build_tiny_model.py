@@ -72,13 +72,15 @@ _CI_MODEL = dict(image_size=64, patch_size=8, vision_hidden_size=64, vision_inte
 
 # lr 2e-3 and 1200 steps: on the ci model, 300 steps at 3e-3 left it blind to colour and shape (DLC average 0.35),
 # 1200 steps at 2e-3 reached 0.455 on 15 held-out scenes; the loss was still falling (measured 2026-11-25).
+_CI_TRAIN = dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=1200, batch_size=16,
+                 train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
+                 default_prompt_fraction=0.5, seed=0)
+
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci",
         model=_CI_MODEL,
-        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=1200, batch_size=16,
-                   train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
-                   default_prompt_fraction=0.5, seed=0),
+        train=_CI_TRAIN,
         vocab_size=512,
         train_seed=1000,
         train_scenes=300,
@@ -89,9 +91,8 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         model=_CI_MODEL,
-        train=dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=30, max_steps=2400, batch_size=16,
-                   train_vision=True, checkpoint_every=250, keep_last=2, log_every=50, num_threads=2,
-                   default_prompt_fraction=0.5, seed=1),
+        train={**_CI_TRAIN, "warmup_steps": 30, "max_steps": 2400, "checkpoint_every": 250, "keep_last": 2,
+               "seed": 1},
         vocab_size=512,
         train_seed=1000,
         train_scenes=600,
