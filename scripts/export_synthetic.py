@@ -1,19 +1,31 @@
 """Export synthetic scenes as Label Studio tasks and annotations (both S3 export formats).
 
     python -m scripts.export_synthetic --seed 7 --n 20 --out DIR [--format annotation|task|both]
-        [--image-url-prefix PREFIX] [--caption long|short] [--with-model-captions] [--size 96x64]
+        [--image-url-prefix PREFIX] [--caption long|short] [--with-model-captions] [--size 96x64] [--no-attributes]
 
 Writes, under DIR:
 - ``images/<scene id>.png``: the scene images;
-- ``tasks.json``: tasks for import, ``data.image`` = PREFIX + file name (default "images/"), with the model's
-  predictions when --with-model-captions is given;
+- ``tasks.json``: tasks for import, ``data.image`` = PREFIX + file name (default "images/") and
+  ``data.attributes`` (below), with the model's predictions when --with-model-captions is given;
 - ``<key prefix>/...``: what Label Studio's S3 target storage would hold once every task is annotated:
   ``annotation`` format: one object per annotation, key ``<prefix>/<annotation id>`` (no extension), JSON = the
   annotation with result, completed_by, timestamps, parent_prediction and the task (data included);
   ``task`` format (FUTURE_SAVE_TASK_TO_STORAGE): key ``<prefix>/<task id>.json``, the task with its annotations.
 
 Each object of a scene becomes one region: a brushlabels result (RLE, foreground 255) followed by a textarea
-result with the SAME full uuid4 id holding the reference caption (the "corrected" caption). With
+result with the SAME full uuid4 id holding the reference caption (the "corrected" caption).
+
+Every task's data also carries the scene's ground truth, so the exact DLC-style judge can run from the exported
+data alone (scripts.build copies it into each sample; scripts.evaluate judges with it)::
+
+    data = {"image": "<url>",
+            "attributes": {"<region id>": {"color", "shape", "size", "position", "context", "context_relation",
+                                           "object_id", "center", "diameter_px", "visible_fraction"}, ...}}
+
+keyed by the region's result id (the same id as its brushlabels and textarea items); each value is the object's
+``dam_model.synthetic`` attribute record, verbatim (see that module for the keys). ``--no-attributes`` (or
+``with_attributes=False``) leaves it out, as in a real Label Studio export. ``meta.synthetic`` = {seed, index,
+scene_id} names the scene (bookkeeping only: nothing regenerates scenes from it). With
 --with-model-captions every task also carries a prediction whose captions are plausible model mistakes
 (``dam_model.synthetic.perturbed_caption``) and each annotation names it as parent_prediction, as when an
 annotator corrects the backend's suggestion. Everything is deterministic in (seed, index).
@@ -104,11 +116,21 @@ def scene_to_result(scene: Scene, captions: Sequence[str], *, brush_from_name: s
     return result
 
 
-def scene_to_task(scene: Scene, *, task_id: int, image_url: str, project: int = 1) -> dict[str, Any]:
-    """The task as Label Studio stores it (the export's ``task`` field): id, data.image, meta, bookkeeping."""
+def scene_attributes(scene: Scene) -> dict[str, dict[str, Any]]:
+    """{region id: attribute record} of a scene's objects: the ``data.attributes`` of its task (JSON-ready copies)."""
+    return {region_id: json.loads(json.dumps(obj.attributes)) for region_id, obj in zip(region_ids(scene), scene.objects)}
+
+
+def scene_to_task(scene: Scene, *, task_id: int, image_url: str, project: int = 1,
+                  with_attributes: bool = True) -> dict[str, Any]:
+    """The task as Label Studio stores it (the export's ``task`` field): id, data.image (+ data.attributes, see the
+    module docstring), meta, bookkeeping."""
     created = _timestamp(scene.index * 60.0)
+    data: dict[str, Any] = {"image": image_url}
+    if with_attributes:
+        data["attributes"] = scene_attributes(scene)
     return {
-        "id": task_id, "data": {"image": image_url},
+        "id": task_id, "data": data,
         "meta": {"synthetic": {"seed": scene.seed, "index": scene.index, "scene_id": scene.scene_id}},
         "created_at": created, "updated_at": created, "is_labeled": True, "allow_skip": True, "overlap": 1,
         "inner_id": task_id, "total_annotations": 1, "cancelled_annotations": 0, "total_predictions": 0,
@@ -159,13 +181,18 @@ def scene_to_annotation(scene: Scene, task: dict[str, Any], *, annotation_id: in
 
 
 def build_export(scenes: Sequence[Scene], *, image_url_prefix: str = "images/", caption: str = "long",
-                 with_model_captions: bool = False, first_task_id: int = 1,
+                 with_model_captions: bool = False, first_task_id: int = 1, with_attributes: bool = True,
                  **result_kwargs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(tasks, annotations, predictions) for the scenes; ids count up from first_task_id (same id per scene)."""
+    """(tasks, annotations, predictions) for the scenes; ids count up from first_task_id (same id per scene).
+
+    with_attributes: put each scene's attribute records in its task's ``data.attributes`` (default); False gives
+    tasks like a real Label Studio project's (no ground truth: the judge is skipped downstream).
+    """
     tasks, annotations, predictions = [], [], []
     for offset, scene in enumerate(scenes):
         task_id = first_task_id + offset
-        task = scene_to_task(scene, task_id=task_id, image_url=image_url_prefix + image_file_name(scene))
+        task = scene_to_task(scene, task_id=task_id, image_url=image_url_prefix + image_file_name(scene),
+                             with_attributes=with_attributes)
         parent = None
         if with_model_captions:
             prediction = scene_to_prediction(scene, prediction_id=task_id, task_id=task_id, **result_kwargs)
@@ -243,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--with-model-captions", action="store_true",
                         help="add imperfect model predictions; annotations hold the corrected captions")
     parser.add_argument("--size", default=None, help="WIDTHxHEIGHT of every scene (default: drawn per scene)")
+    parser.add_argument("--no-attributes", action="store_true",
+                        help="leave the attribute records out of task data (like a real Label Studio export)")
     parser.add_argument("--start-index", type=int, default=0)
     parser.add_argument("--first-task-id", type=int, default=1)
     args = parser.parse_args(argv)
@@ -256,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for scene in scenes:
         _write_atomic(out / "images" / image_file_name(scene), png_bytes(scene.image))
     options = {"image_url_prefix": args.image_url_prefix, "caption": args.caption,
-               "with_model_captions": args.with_model_captions, "first_task_id": args.first_task_id}
+               "with_model_captions": args.with_model_captions, "first_task_id": args.first_task_id,
+               "with_attributes": not args.no_attributes}
     tasks, _, predictions = build_export(scenes, **options)
     _write_atomic(out / "tasks.json", json.dumps(import_tasks(tasks, predictions), indent=1).encode("utf-8"))
     formats = FORMATS if args.format == "both" else (args.format,)

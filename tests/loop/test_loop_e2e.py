@@ -127,11 +127,7 @@ def test_worse_candidate_is_not_promoted(tmp_path, admin_s3, bucket, export_fact
     good = run_module("scripts.promote", "--models-root", str(models), "promote", "--candidate", str(loop_champion_model),
                       "--force", "--version", "trained")
     assert good.returncode == 0, good.stderr
-    objects = export_factory(41, 6, fmt="annotation", prefix="ls")
-    for key, body in objects.items():
-        annotation = json.loads(body)
-        annotation["task"].pop("meta", None)
-        objects[key] = json.dumps(annotation).encode()
+    objects = export_factory(41, 6, fmt="annotation", prefix="ls", with_attributes=False)  # like real Label Studio data
     put_objects(admin_s3, bucket, objects)
     worse = nightly(loop_env, "--max-steps", "1", "--margin", "0", "--no-pseudo-label", "--init", loop_env["INIT_MODEL"],
                     "--eval-max-new-tokens", "24")

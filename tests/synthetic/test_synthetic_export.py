@@ -39,6 +39,7 @@ def test_annotation_format_round_trips(small_scenes):
         assert annotation["task"]["data"]["image"] == f"images/{scene.scene_id}.png"
         assert annotation["task"]["meta"]["synthetic"] == {"seed": scene.seed, "index": scene.index, "scene_id": scene.scene_id}
         _check_result(scene, annotation["result"], [o.long_caption for o in scene.objects])
+        _check_attributes(scene, annotation["task"]["data"], annotation["result"])
 
 
 def test_task_format_round_trips_with_model_predictions(small_scenes):
@@ -49,12 +50,38 @@ def test_task_format_round_trips_with_model_predictions(small_scenes):
     for scene, key in zip(scenes, ["1.json", "2.json", "3.json"]):
         task = json.loads(objects[key])
         assert task["data"]["image"] == f"s3://bucket/img/{scene.scene_id}.png"
+        _check_attributes(scene, task["data"], task["annotations"][0]["result"])
         (annotation,) = task["annotations"]
         assert annotation["task"] == task["id"]
         _check_result(scene, annotation["result"], [o.short_caption for o in scene.objects])
         (prediction,) = task["predictions"]
         assert annotation["parent_prediction"] == prediction["id"]
         _check_result(scene, prediction["result"], ex.model_captions(scene))
+
+
+def _check_attributes(scene, data, result):
+    """data.attributes: one record per region, keyed by the region's result id, equal to the generator's record."""
+    from dam_model import evaluation as ev
+
+    attributes = data["attributes"]
+    assert list(attributes) == ex.region_ids(scene) == [item["id"] for item in result if item["type"] == "brushlabels"]
+    for obj, record in zip(scene.objects, attributes.values()):
+        assert record == obj.attributes
+        assert {"color", "shape", "size", "position", "context", "context_relation"} <= set(record)
+    captions = [item["value"]["text"][0] for item in result if item["type"] == "textarea"]
+    if captions == [o.long_caption for o in scene.objects]:  # the exact judge runs from the exported data alone
+        assert ev.evaluate_captions(captions, list(attributes.values()), ev.RuleJudge()).positive == 1.0
+
+
+def test_attributes_can_be_left_out_like_a_real_label_studio_export(small_scenes):
+    for fmt in ex.FORMATS:
+        for body in ex.export_objects(small_scenes[:2], fmt, with_attributes=False).values():
+            export = json.loads(body)
+            data = export["task"]["data"] if fmt == "annotation" else export["data"]
+            assert set(data) == {"image"}
+    tasks, _, _ = ex.build_export(small_scenes[:2])
+    assert all(set(t["data"]) == {"image", "attributes"} for t in tasks)
+    assert ex.import_tasks(tasks)[0]["data"]["attributes"] == ex.scene_attributes(small_scenes[0])
 
 
 def test_model_captions_differ_from_the_corrected_ones_sometimes(small_scenes):
@@ -98,3 +125,9 @@ def test_command_line_writes_images_tasks_and_both_formats(tmp_path):
     assert sorted(p.name for p in (tmp_path / "export-task").iterdir()) == ["1.json", "2.json", "3.json"]
     annotation = json.loads((tmp_path / "export-annotation" / "2").read_text())
     assert annotation["result"][1]["value"]["text"][0].startswith("A ")
+    assert set(tasks[0]["data"]) == {"image", "attributes"}
+    assert set(annotation["task"]["data"]["attributes"]) == {item["id"] for item in annotation["result"]}
+    plain = tmp_path / "plain"
+    assert ex.main(["--seed", "7", "--n", "2", "--out", str(plain), "--no-attributes"]) == 0
+    assert all(set(t["data"]) == {"image"} for t in json.loads((plain / "tasks.json").read_text()))
+    assert "attributes" not in json.loads((plain / "export" / "1").read_text())["task"]["data"]
