@@ -6,10 +6,15 @@ rectangle, in percent of the image) plus the per-region TextArea result with the
 
     samples.jsonl     one human-captioned region per line: id, image, mask (paths relative to the folder), caption,
                       category, split ("train" | "val"), task_id, annotation_id, region_id, updated_at, source="human",
-                      attributes (the synthetic attribute record when the task data carries one), width, height
+                      width, height, and attributes when the task has them (below)
     unlabeled.jsonl   regions without a caption (inputs for scripts.pseudo_label), same fields minus caption
     images/ masks/    PNG (RGB images; masks 0/255, L mode)
     dataset.json      counts, snapshot id, split rule, skipped items with reasons
+
+Attributes: when the task data hold ``data.attributes = {<region id>: {color, shape, size, position, context,
+context_relation, ...}}`` (scripts.export_synthetic writes it), the region's record is copied into its sample as
+``attributes`` and scripts.evaluate runs the exact DLC-style judge on it. Real Label Studio tasks have none: the
+samples then carry no ``attributes`` and evaluation uses the reference metrics only.
 
 Rules: cancelled annotations and empty captions are skipped; duplicates (same image pixels + same mask pixels) keep the
 latest annotation (updated_at, then id); the split is sticky: sha256("task:<task id>") decides, so a task never changes
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -160,32 +164,13 @@ def split_for(task_id: Any, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
-def region_attributes(task_data: dict[str, Any], task_meta: dict[str, Any], region_id: str, shape: tuple[int, int]) -> Any:
-    """The attribute record of a region, for the DLC-style judge, when the task carries one:
-
-    - ``data.attributes[<region id>]`` when the task data hold it;
-    - synthetic tasks from scripts.export_synthetic (``meta.synthetic = {seed, index}``): the scene is regenerated
-      (deterministic) and the object whose exported region id matches gives its attributes, if the sizes agree.
-    """
+def region_attributes(task_data: dict[str, Any], region_id: str) -> dict[str, Any] | None:
+    """The region's attribute record for the DLC-style judge: ``data.attributes[<region id>]`` when the task data
+    hold one (scripts.export_synthetic writes them), else None (real Label Studio tasks: the judge is skipped)."""
     attributes = task_data.get("attributes")
-    if isinstance(attributes, dict) and region_id in attributes:
+    if isinstance(attributes, dict) and isinstance(attributes.get(region_id), dict) and attributes[region_id]:
         return attributes[region_id]
-    info = (task_meta or {}).get("synthetic")
-    if not isinstance(info, dict) or not isinstance(info.get("seed"), int) or not isinstance(info.get("index"), int):
-        return None
-    scene, ids = _synthetic_scene(info["seed"], info["index"])
-    if region_id not in ids or scene.image.shape[:2] != tuple(shape):
-        return None
-    return scene.objects[ids.index(region_id)].attributes
-
-
-@functools.lru_cache(maxsize=256)
-def _synthetic_scene(seed: int, index: int) -> tuple[Any, list[str]]:
-    from dam_model.synthetic import generate_scene
-    from scripts.export_synthetic import region_ids
-
-    scene = generate_scene(seed, index)
-    return scene, region_ids(scene)
+    return None
 
 
 def pixels_hash(array: np.ndarray) -> str:
@@ -311,7 +296,7 @@ def build_dataset(
                     "height": height,
                     "key": key,
                 }
-                attributes = region_attributes(record.task_data, record.task_meta, region_id, (height, width))
+                attributes = region_attributes(record.task_data, region_id)
                 if attributes is not None:
                     row["attributes"] = attributes
                 Image.fromarray(mask).save(staging / row["mask"])  # same pixels for every duplicate

@@ -63,7 +63,7 @@ def test_build_both_formats_dedup_skip_rules_and_sticky_split(tmp_path, admin_s3
         for obj in scene.objects[1:]:
             row = by_caption[obj.long_caption]
             np.testing.assert_array_equal(read_mask(row["mask_path"]), obj.mask)  # RLE decoded exactly
-            assert row["attributes"] == obj.attributes  # from meta.synthetic (regenerated scene)
+            assert row["attributes"] == obj.attributes  # data.attributes[<region id>] of the exported task
             assert row["split"] == split_for(row["task_id"], 0.5)
             assert row["source"] == "human" and row["category"] == "object"
     assert all((dataset / r["image"]).exists() for r in rows)
@@ -78,6 +78,37 @@ def test_build_both_formats_dedup_skip_rules_and_sticky_split(tmp_path, admin_s3
     before = {r["id"]: r["split"] for r in rows}
     after = {r["id"]: r["split"] for r in load_samples(dataset2)}
     assert set(before) < set(after) and all(after[k] == v for k, v in before.items())
+
+
+def test_attributes_round_trip_export_build_evaluate_and_are_optional(tmp_path, admin_s3, bucket, export_factory):
+    """export_synthetic puts each region's attribute record in task.data; build copies it into the sample; the
+    evaluate step judges from the dataset alone. Without data.attributes (a real Label Studio export) nothing is
+    regenerated from meta.synthetic: the samples carry none, the judge is skipped, the reference metrics still run."""
+    from scripts.evaluate import promotion_score, score_captions
+    from scripts.export_synthetic import region_ids
+
+    scenes = generate_dataset(21, 3)
+    objects = export_factory(21, 3, fmt="task", prefix="ls")
+    plain = export_factory(22, 2, fmt="annotation", prefix="ls", first_task_id=50, with_attributes=False)
+    assert all("attributes" not in json.loads(body)["task"]["data"] for body in plain.values())
+    assert all(json.loads(body)["task"]["meta"]["synthetic"] for body in plain.values())  # kept, but not used
+    put_objects(admin_s3, bucket, objects | plain)
+    _, dataset = pull_and_build(tmp_path / "work", admin_s3, bucket, val_fraction=0.5)
+    rows = load_samples(dataset, include_pseudo=False)
+    judged = [r for r in rows if r["task_id"] < 50]
+    real = [r for r in rows if r["task_id"] >= 50]
+    assert len(judged) == sum(len(s.objects) for s in scenes) and len(real) == sum(len(s.objects) for s in generate_dataset(22, 2))
+    expected = {rid: obj.attributes for scene in scenes for rid, obj in zip(region_ids(scene), scene.objects)}
+    assert all(r["attributes"] == expected[r["region_id"]] for r in judged)
+    assert not any("attributes" in r for r in real)
+
+    captions = [r["caption"] for r in judged]  # the reference captions themselves: the exact judge gives full marks
+    metrics, per_sample = score_captions(judged, captions, [0.0] * len(judged))
+    assert metrics["dlc_regions"] == len(judged) and metrics["dlc_positive"] == pytest.approx(1.0)
+    assert promotion_score(metrics)[0] == "dlc_average" and all("dlc" in s for s in per_sample)
+    metrics, per_sample = score_captions(real, [r["caption"] for r in real], [0.0] * len(real))
+    assert "dlc_average" not in metrics and promotion_score(metrics)[0] == "cider"
+    assert metrics["bleu4"] > 0.9 and not any("dlc" in s for s in per_sample)
 
 
 def test_split_is_sticky_and_roughly_proportional():
