@@ -1,6 +1,7 @@
 """Step 6 of the loop: promote a candidate model (immutable versioned folder, then ONE pointer flip), or roll back.
 
-Layout under ``MODELS_ROOT`` (a folder, or ``s3://bucket/prefix``), read by backend/model_store.py::
+Layout under ``MODELS_ROOT`` (a folder, or ``s3://bucket/prefix``), read by backend/model_store.py (the names are
+shared with it through backend/model_layout.py)::
 
     versions/<version>/     official DAM folder layout + provenance.json; never modified once written
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"}
@@ -24,12 +25,12 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from backend.model_layout import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
 from scripts.loop_common import (
     EXIT_FAILURE,
     EXIT_NOT_BETTER,
@@ -48,7 +49,7 @@ from scripts.loop_common import (
 
 log = logging.getLogger("scripts.promote")
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# The layout (pointer name, versions/<v>/, version names) is shared with the reader: backend/model_layout.py.
 
 
 def new_version_name() -> str:
@@ -74,43 +75,42 @@ class LocalModelStore:
         return str(self.root)
 
     def read_pointer(self) -> dict[str, Any] | None:
-        path = self.root / "current.json"
+        path = self.root / POINTER_NAME
         return read_json(path) if path.exists() else None
 
     def write_pointer(self, pointer: dict[str, Any]) -> None:
-        atomic_write_json(self.root / "current.json", pointer)
+        atomic_write_json(self.root / POINTER_NAME, pointer)
         with open(self.root / "history.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(pointer, sort_keys=True) + "\n")
 
     def has_version(self, version: str) -> bool:
-        return (self.root / "versions" / version).is_dir()
+        return (self.root / version_path(version)).is_dir()
 
     def versions(self) -> list[str]:
-        folder = self.root / "versions"
+        folder = self.root / VERSIONS_DIR
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.exists() else []
 
     def write_version(self, version: str, source_dir: Path, provenance: dict[str, Any]) -> None:
-        versions = self.root / "versions"
+        versions = self.root / VERSIONS_DIR
         versions.mkdir(parents=True, exist_ok=True)
         staging = versions / f".staging-{version}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source_dir, staging, ignore=shutil.ignore_patterns("checkpoint-*", "checkpoints", ".staging*", "*.tmp"))
-        atomic_write_json(staging / "provenance.json", provenance)
+        atomic_write_json(staging / PROVENANCE_NAME, provenance)
         os.replace(staging, versions / version)  # fails if a non-empty folder of that name appeared meanwhile
 
     def local_path(self, version: str) -> Path:
-        return self.root / "versions" / version
+        return self.root / version_path(version)
 
 
 class S3ModelStore:
     """Versions and the pointer under s3://bucket/prefix (upload the folder first, PUT current.json last)."""
 
     def __init__(self, url: str, client: Any = None) -> None:
-        match = re.match(r"^s3://([^/]+)/?(.*)$", url)
-        if not match:
-            raise BadArguments(f"not an s3:// URL: {url}")
-        self.bucket, prefix = match.group(1), match.group(2).strip("/")
-        self.prefix = f"{prefix}/" if prefix else ""
+        try:
+            self.bucket, self.prefix = parse_s3_url(url)
+        except ValueError as exc:
+            raise BadArguments(str(exc)) from None
         if client is None:
             import boto3
 
@@ -128,28 +128,29 @@ class S3ModelStore:
         return json.loads(body)
 
     def read_pointer(self) -> dict[str, Any] | None:
-        return self._get_json("current.json")
+        return self._get_json(POINTER_NAME)
 
     def write_pointer(self, pointer: dict[str, Any]) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + "current.json", Body=json.dumps(pointer, indent=2).encode())
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + POINTER_NAME, Body=json.dumps(pointer, indent=2).encode())
         stamp = pointer["promoted_at"].replace(":", "")
         self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}history/{stamp}.json", Body=json.dumps(pointer).encode())
 
     def has_version(self, version: str) -> bool:
-        reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}versions/{version}/", MaxKeys=1)
+        reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{version_path(version)}/", MaxKeys=1)
         return reply.get("KeyCount", 0) > 0
 
     def versions(self) -> list[str]:
-        reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}versions/", Delimiter="/")
+        reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{VERSIONS_DIR}/", Delimiter="/")
         return sorted(p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in reply.get("CommonPrefixes", []))
 
     def write_version(self, version: str, source_dir: Path, provenance: dict[str, Any]) -> None:
-        base = f"{self.prefix}versions/{version}/"
+        base = f"{self.prefix}{version_path(version)}/"
         for path in sorted(Path(source_dir).rglob("*")):
             rel = path.relative_to(source_dir).as_posix()
-            if path.is_file() and not rel.startswith("checkpoint") and rel != "provenance.json":
+            if path.is_file() and not rel.startswith("checkpoint") and rel != PROVENANCE_NAME:
                 self.client.upload_file(str(path), self.bucket, base + rel)
-        self.client.put_object(Bucket=self.bucket, Key=base + "provenance.json", Body=json.dumps(provenance, indent=2).encode())
+        # LAST: the backend (backend/s3_models.py) treats a version folder without provenance.json as unfinished
+        self.client.put_object(Bucket=self.bucket, Key=base + PROVENANCE_NAME, Body=json.dumps(provenance, indent=2).encode())
 
 
 def open_store(models_root: str | Path) -> LocalModelStore | S3ModelStore:
@@ -184,7 +185,7 @@ def promote(
     previous = store.read_pointer()
     pointer = {
         "version": version,
-        "path": f"versions/{version}",
+        "path": version_path(version),
         "promoted_at": utc_iso(),
         "previous": previous["version"] if previous else None,
         "metrics": metrics or {},
@@ -204,11 +205,11 @@ def rollback(models_root: str | Path, to: str | None = None) -> dict[str, Any]:
     if not store.has_version(target):
         raise BadArguments(f"version {target} does not exist in {store} (have: {', '.join(store.versions()) or 'none'})")
     metrics: dict[str, Any] = {}
-    if isinstance(store, LocalModelStore) and (store.local_path(target) / "provenance.json").exists():
-        metrics = read_json(store.local_path(target) / "provenance.json").get("promoted_metrics", {})
+    if isinstance(store, LocalModelStore) and (store.local_path(target) / PROVENANCE_NAME).exists():
+        metrics = read_json(store.local_path(target) / PROVENANCE_NAME).get("promoted_metrics", {})
     pointer = {
         "version": target,
-        "path": f"versions/{target}",
+        "path": version_path(target),
         "promoted_at": utc_iso(),
         "previous": current["version"] if current else None,
         "metrics": metrics,
