@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
@@ -142,11 +141,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
 
     @app.get("/versions")
     def versions():
-        found = [store.model_version]
-        root = settings.models_root_path
-        if root is not None and (root / "versions").is_dir():
-            found += sorted(p.name for p in (root / "versions").iterdir() if p.is_dir() and p.name not in found)
-        return jsonify(versions=found, current=store.model_version)
+        return jsonify(versions=store.versions(), current=store.model_version)
 
     @app.get("/metrics")
     def prometheus():

@@ -7,6 +7,13 @@ background and swapped in under a lock. Requests take a `LoadedModel` reference 
 it, so a swap never fails an in-flight request. A version that fails to load is logged and skipped (the old
 model keeps serving) until the pointer changes again.
 
+MODELS_ROOT may also be ``s3://bucket/prefix`` (scripts/promote.py's S3 target): the poller GETs
+``<prefix>/current.json`` and a new version is first downloaded, atomically, into MODELS_CACHE_DIR/<version>
+(backend/s3_models.py), then loaded and swapped exactly as a local one. A version already cached (a rollback) is not
+downloaded again. A failed download (bucket unreachable, version missing or incomplete) is logged, the old model keeps
+serving, and the next poll retries. Before the first load, an unreachable bucket makes get() fail (503) rather than
+silently serve DAM_MODEL; an absent current.json (nothing promoted yet) serves DAM_MODEL as with a local root.
+
 Without a pointer the store serves DAM_MODEL; its model_version is "<MODEL_NAME>-<8 hex>" where the hex is a
 hash of the folder's config.json and weight index (or of the hub id when it is not a local folder).
 """
@@ -22,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelUnavailable
+from .model_layout import POINTER_NAME, VERSIONS_DIR, parse_pointer
+from .s3_models import ModelSourceError, S3Models
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,10 +40,12 @@ Loader = Callable[[str, str, str], Any]  # (path_or_hub_id, device, dtype) -> mo
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load: `source` (folder or hub id) and the `version` it will serve as."""
+    """What to load: `source` (folder or hub id) and the `version` it will serve as. `remote` is the pointer's path
+    on an s3:// models root: that folder is downloaded into `source` (the cache) before loading."""
 
     version: str
     source: str
+    remote: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,51 +120,92 @@ class ModelStore:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._warming: threading.Thread | None = None
+        self._last_spec: ModelSpec | None = None  # what the last successful pointer read said to serve
         self.last_error: str | None = None
+        self.s3: S3Models | None = None
+        if settings.models_root_is_s3:
+            self.s3 = S3Models(settings.models_root, settings.models_cache_dir or None,
+                               settings.models_s3_endpoint_url or None)
 
     # ---------- what to serve ----------
     @property
     def pointer_path(self) -> Path | None:
+        """The local current.json (None without MODELS_ROOT or with an s3:// one)."""
         root = self.settings.models_root_path
-        return root / "current.json" if root else None
+        return root / POINTER_NAME if root else None
 
     def _read_pointer(self) -> tuple[tuple, ModelSpec] | None:
-        """(signature, spec) of current.json, or None when absent. Raises ValueError when malformed."""
+        """(signature, spec) of current.json, or None when absent. Raises ValueError when malformed, OSError when a
+        local pointer cannot be read, ModelSourceError when an s3:// one cannot."""
+        if self.s3 is not None:
+            read = self.s3.read_pointer()
+            if read is None:
+                return None
+            digest, raw = read
+            version, path = parse_pointer(json.loads(raw), f"{self.s3.url}{POINTER_NAME}")
+            self.s3.remote_prefix(version, path)  # ValueError unless path is versions/<version>
+            spec = ModelSpec(version=version, source=str(self.s3.local_path(version)), remote=path)
+            self._last_spec = spec
+            return (digest,), spec
         path = self.pointer_path
         if path is None or not path.is_file():
             return None
         raw = path.read_bytes()
         sig = (path.stat().st_mtime_ns, hashlib.sha256(raw).hexdigest())
-        data = json.loads(raw)
-        if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(data.get("path"), str):
-            raise ValueError(f"{path} needs string 'version' and 'path'")
-        folder = Path(data["path"])
+        version, rel = parse_pointer(json.loads(raw), str(path))
+        folder = Path(rel)
         if not folder.is_absolute():
             folder = path.parent / folder
-        return sig, ModelSpec(version=data["version"], source=str(folder))
+        return sig, ModelSpec(version=version, source=str(folder))
+
+    def _default_spec(self) -> ModelSpec:
+        return ModelSpec(folder_version(self.settings.model_name, self.settings.dam_model), self.settings.dam_model)
 
     def wanted(self) -> ModelSpec:
-        """The spec that should be served now (the pointer's, else DAM_MODEL's)."""
+        """The spec that should be served now (the pointer's, else DAM_MODEL's). Raises ModelSourceError when an
+        s3:// models root cannot be reached (a malformed pointer falls back to DAM_MODEL, as a local one does)."""
         try:
             read = self._read_pointer()
         except (OSError, ValueError) as exc:
             log.warning("promoted-model pointer unreadable: %s", exc)
             read = None
-        if read is not None:
-            return read[1]
-        return ModelSpec(folder_version(self.settings.model_name, self.settings.dam_model), self.settings.dam_model)
+        spec = read[1] if read is not None else self._default_spec()
+        self._last_spec = spec
+        return spec
 
     @property
     def model_version(self) -> str:
-        """The version served now (the loaded one; before any load, the one that will load). Never loads."""
+        """The version served now (the loaded one; before any load, the one that will load). Never loads; with an
+        s3:// root it never waits on the network either (the pointer's last read, else "<MODEL_NAME>-pending")."""
         current = self._current
-        return current.version if current is not None else self.wanted().version
+        if current is not None:
+            return current.version
+        if self.s3 is not None:
+            spec = self._last_spec
+            return spec.version if spec is not None else f"{self.settings.model_name}-pending"
+        return self.wanted().version
+
+    def versions(self) -> list[str]:
+        """The served version first, then the other versions available without a download (sorted)."""
+        found = [self.model_version]
+        if self.s3 is not None:
+            names = self.s3.cached_versions()
+        else:
+            root = self.settings.models_root_path
+            folder = root / VERSIONS_DIR if root is not None else None
+            names = [p.name for p in folder.iterdir() if p.is_dir()] if folder is not None and folder.is_dir() else []
+        return found + sorted(n for n in names if n not in found and not n.startswith("."))
 
     @property
     def loaded(self) -> LoadedModel | None:
         return self._current
 
     # ---------- loading ----------
+    def _fetch(self, spec: ModelSpec) -> None:
+        """Make `spec.source` exist locally (download an s3:// version unless cached). Raises ModelSourceError."""
+        if spec.remote and self.s3 is not None:
+            self.s3.ensure_local(spec.version, spec.remote)
+
     def _load(self, spec: ModelSpec) -> LoadedModel:
         start = time.perf_counter()
         model = self.loader(spec.source, self.device, self.dtype)
@@ -179,7 +231,15 @@ class ModelStore:
         with self._load_lock:
             if self._current is not None:
                 return self._current
-            spec = self.wanted()
+            try:
+                spec = self.wanted()
+                self._fetch(spec)
+            except ModelSourceError as exc:
+                self.last_error = str(exc)
+                if self.metrics is not None:
+                    self.metrics.model_loads.inc(outcome="fetch_failed")
+                log.error("no model to serve yet: %s", exc)
+                raise ModelUnavailable(f"promoted model unavailable: {exc}") from None
             try:
                 self._install(self._load(spec))
             except Exception as exc:  # noqa: BLE001 - any loader failure is reported as 503
@@ -213,7 +273,7 @@ class ModelStore:
         """Load and swap in the pointer's version if it changed; True when a swap happened. Never raises."""
         try:
             read = self._read_pointer()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ModelSourceError) as exc:
             log.warning("promoted-model pointer unreadable, keeping %s: %s", self.model_version, exc)
             return False
         if read is None:
@@ -228,6 +288,15 @@ class ModelStore:
         if spec.version in self._failed_versions and sig == self._pointer_sig:
             return False
         with self._load_lock:
+            try:
+                self._fetch(spec)  # s3:// root: download into the cache (the old model serves meanwhile)
+            except ModelSourceError as exc:  # not remembered as failed: the next poll retries
+                self.last_error = str(exc)
+                if self.metrics is not None:
+                    self.metrics.model_loads.inc(outcome="fetch_failed")
+                log.error("new model %s could not be fetched; still serving %s, retrying at the next poll: %s",
+                          spec.version, self.model_version, exc)
+                return False
             try:
                 loaded = self._load(spec)
             except Exception as exc:  # noqa: BLE001 - a broken version must not take the server down
@@ -244,7 +313,7 @@ class ModelStore:
 
     def start_polling(self) -> None:
         """Start the pointer poller (no-op without MODELS_ROOT or with MODEL_POLL_SECONDS=0)."""
-        if self.pointer_path is None or self.settings.model_poll_seconds <= 0 or self._poller is not None:
+        if not self.settings.models_root or self.settings.model_poll_seconds <= 0 or self._poller is not None:
             return
 
         def loop() -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .model_layout import parse_s3_url
+
 
 def _bool(name: str, raw: str) -> bool:
     low = raw.strip().lower()
@@ -18,6 +20,10 @@ def _bool(name: str, raw: str) -> bool:
     if low in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+# field -> variable read when the field's own variable is unset (the same fallback scripts/promote.py applies)
+_ENV_FALLBACKS = {"models_s3_endpoint_url": "S3_ENDPOINT_URL"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,14 @@ class Settings:
     dam_model: str = "nvidia/DAM-3B"
     """DAM served when MODELS_ROOT has no current.json: a local folder (official layout) or a hub id."""
     models_root: str = ""
-    """Folder holding current.json + versions/<v>/ written by scripts/promote.py; polled for new versions."""
+    """Folder holding current.json + versions/<v>/ written by scripts/promote.py, or s3://bucket/prefix (a new version
+    is downloaded into MODELS_CACHE_DIR, then swapped in); polled for new versions."""
+    models_cache_dir: str = ""
+    """Local cache of versions downloaded from an s3:// MODELS_ROOT (<dir>/<version>; one folder per MODELS_ROOT).
+    Empty: ~/.cache/dam-label-studio/models/<bucket>/<prefix> (XDG_CACHE_HOME respected)."""
+    models_s3_endpoint_url: str = ""
+    """S3-compatible endpoint of an s3:// MODELS_ROOT (MinIO: http://minio:9000). Empty: S3_ENDPOINT_URL, else AWS.
+    Credentials: boto3's chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), never logged."""
     model_poll_seconds: float = 30.0
     """How often the promoted-model pointer is checked (0 disables polling)."""
     device: str = "auto"
@@ -123,6 +136,11 @@ class Settings:
         for name in ("auto_max_masks", "video_frames", "max_new_tokens", "media_max_bytes", "media_max_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")
+        if self.models_root_is_s3:
+            try:
+                parse_s3_url(self.models_root)
+            except ValueError as exc:
+                raise ValueError(f"MODELS_ROOT: {exc}") from None
         if self.model_poll_seconds < 0:
             raise ValueError("MODEL_POLL_SECONDS must be >= 0")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -137,8 +155,13 @@ class Settings:
         return {h.strip().lower() for h in self.media_allowed_hosts.split(",") if h.strip()}
 
     @property
+    def models_root_is_s3(self) -> bool:
+        return self.models_root.startswith("s3://")
+
+    @property
     def models_root_path(self) -> Path | None:
-        return Path(self.models_root) if self.models_root else None
+        """The local models folder (None when MODELS_ROOT is empty or an s3:// URL)."""
+        return Path(self.models_root) if self.models_root and not self.models_root_is_s3 else None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -163,6 +186,9 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
+        for name, fallback in _ENV_FALLBACKS.items():
+            if not values.get(name) and env.get(fallback):  # unset or empty (compose's ${VAR:-})
+                values[name] = env[fallback]
         values.update(overrides)
         return cls(**values)
 
