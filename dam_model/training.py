@@ -1,14 +1,20 @@
-"""Train any DAM preset on (image, mask, caption) samples: one module for the tiny model and the nightly fine-tune.
+"""Train any DAM preset on image regions and video tracks: one module for the tiny model and the nightly fine-tune.
 
 Reads like a recipe:
 1. `TrainConfig` says everything (validated, printed as one dict).
-2. Samples are preprocessed once into the 8-channel DAM input (full view + mask, focal crop + mask).
+2. Samples are preprocessed once into the 8-channel DAM input (full view + mask, focal crop + mask): one row per
+   image region, and for a video track one row per frame (the model's num_video_frames frames, picked and cropped
+   exactly as `describe_video` does at inference) behind the checkpoint's video query.
 3. Each optimizer step draws its batch from a seeded per-epoch permutation and its prompts from a seeded
    per-(step, slot) generator, so the data a step sees depends on (seed, step) only: resuming replays exactly.
 4. Loss is the LM loss on caption tokens only (prompt tokens carry label -100).
 5. Checkpoints are plain DAM folders (official layout) plus `trainer_state.pt`, written to a temp folder and
    renamed into place; `resume="auto"` picks the newest complete one.
 6. The final folder is a plain DAM checkpoint (LoRA merged) with its config, metrics and provenance beside it.
+7. Several processes (`torchrun` / `accelerate launch`: WORLD_SIZE > 1) train data-parallel: the global batch of a
+   step (batch_size * grad_accum_steps * world size) is cut into one contiguous share per rank, gradients are
+   all-reduced (averaged) before clipping and the optimizer step, and only rank 0 writes files. A step of W ranks
+   with grad_accum_steps A sees the same samples, prompts and micro-batches as a one-process run with A * W.
 """
 from __future__ import annotations
 
@@ -64,9 +70,9 @@ class TrainConfig:
     epochs: float | None = None
     """Passes over the training samples (used only when max_steps is None)."""
     batch_size: int = 8
-    """Regions per micro-batch."""
+    """Samples (image regions or video tracks) per micro-batch, per process."""
     grad_accum_steps: int = 1
-    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)."""
+    """Micro-batches per optimizer step (global batch = batch_size * grad_accum_steps * number of processes)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables clipping)."""
     seed: int = 0
@@ -192,7 +198,7 @@ class TrainConfig:
 
 @dataclass
 class TrainingSample:
-    """One region: image HxWx3 uint8, mask HxW (foreground > 0), long caption and optional short caption."""
+    """One image region: image HxWx3 uint8, mask HxW (foreground > 0), long caption and optional short caption."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -214,18 +220,66 @@ class TrainingSample:
             raise ValueError("caption is empty")
 
 
-def as_training_sample(obj: Any) -> TrainingSample:
-    """Accept a TrainingSample, a dict, or any object with image/mask and caption fields.
+@dataclass
+class VideoTrainingSample:
+    """One video track: frames HxWx3 uint8 (in time order) with one mask HxW each (foreground > 0; an empty mask
+    marks a frame where the object is not visible), long caption and optional short caption.
+
+    Training feeds the model what `DescribeAnythingModel.describe_video(frames, masks)` feeds it: the model's
+    num_video_frames frames picked by `dam_model.focal.select_video_frames`, each with its own focal crop
+    (`preprocess_frames`), behind the checkpoint's video query. scripts/build.py writes 8 frames per track.
+    """
+
+    frames: list[np.ndarray]
+    masks: list[np.ndarray]
+    caption: str
+    short_caption: str | None = None
+
+    def __post_init__(self) -> None:
+        self.frames = [np.asarray(f) for f in self.frames]
+        self.masks = [np.asarray(m) for m in self.masks]
+        if not self.frames:
+            raise ValueError("video sample has no frames")
+        if len(self.frames) != len(self.masks):
+            raise ValueError(f"video sample has {len(self.frames)} frames but {len(self.masks)} masks")
+        for i, (frame, mask) in enumerate(zip(self.frames, self.masks)):
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frame {i} must be HxWx3, got shape {frame.shape}")
+            if frame.dtype != np.uint8:
+                raise ValueError(f"frame {i} must be uint8, got {frame.dtype}")
+            if mask.shape != frame.shape[:2]:
+                raise ValueError(f"mask {i} shape {mask.shape} != frame shape {frame.shape[:2]}")
+        if not any((m > 0).any() for m in self.masks):
+            raise ValueError("every mask of the video sample is empty")
+        if not self.caption or not self.caption.strip():
+            raise ValueError("caption is empty")
+
+
+AnySample = TrainingSample | VideoTrainingSample
+
+
+def as_training_sample(obj: Any) -> TrainingSample | VideoTrainingSample:
+    """Accept a TrainingSample / VideoTrainingSample, a dict, or any object with caption fields and either
+    image/mask (an image region) or frames/masks (a video track; also chosen by ``kind == "video"``).
 
     Caption field names tried, in order: long_caption, caption, text (long); short_caption (short).
     """
-    if isinstance(obj, TrainingSample):
+    if isinstance(obj, (TrainingSample, VideoTrainingSample)):
         return obj
     get = obj.get if isinstance(obj, dict) else (lambda k, default=None: getattr(obj, k, default))
-    image, mask = get("image"), get("mask")
+    long_caption = get("long_caption") or get("caption") or get("text")
+    image, frames = get("image"), get("frames")
+    if get("kind") == "video" or (image is None and frames is not None):
+        masks = get("masks")
+        if frames is None or masks is None:
+            raise ValueError(f"video sample {type(obj).__name__} has no frames/masks")
+        if not long_caption:
+            raise ValueError(f"sample {type(obj).__name__} has no caption")
+        return VideoTrainingSample(frames=list(frames), masks=list(masks), caption=long_caption,
+                                   short_caption=get("short_caption"))
+    mask = get("mask")
     if image is None or mask is None:
         raise ValueError(f"sample {type(obj).__name__} has no image/mask")
-    long_caption = get("long_caption") or get("caption") or get("text")
     if not long_caption:
         raise ValueError(f"sample {type(obj).__name__} has no caption")
     return TrainingSample(image=image, mask=mask, caption=long_caption, short_caption=get("short_caption"))
@@ -237,6 +291,19 @@ def synthetic_training_samples(seed: int, n_scenes: int, **scene_kwargs: Any) ->
 
     return [TrainingSample(scene.image, obj.mask, obj.long_caption, obj.short_caption)
             for scene in generate_dataset(seed, n_scenes, **scene_kwargs) for obj in scene.objects]
+
+
+def synthetic_video_training_samples(seed: int, n_videos: int, **video_kwargs: Any) -> list[VideoTrainingSample]:
+    """One VideoTrainingSample (long + short caption) per object of videos (seed, 0..n_videos-1) of
+    dam_model.synthetic.generate_video (every frame of the clip; training picks the model's frames)."""
+    from dam_model.synthetic import generate_video
+
+    out = []
+    for index in range(n_videos):
+        video = generate_video(seed, index, **video_kwargs)
+        out += [VideoTrainingSample(list(video.frames), list(obj.masks), obj.long_caption, obj.short_caption)
+                for obj in video.objects]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- model parts
@@ -323,33 +390,55 @@ def _plain_for_saving(model: Any, cfg: TrainConfig) -> Any:
 
 
 class RegionData:
-    """Preprocessed samples plus deterministic batch assembly.
+    """Preprocessed samples (image regions and video tracks) plus deterministic batch assembly.
 
-    `batch(step, micro)` depends only on (seed, step, micro): the data order is a per-epoch permutation of
-    the samples seeded by (seed, epoch), and prompts come from `example_rng(seed, step, slot)`.
+    `batch(step, micro)` depends only on (seed, step, micro, rank, world_size): the data order is a per-epoch
+    permutation of the samples seeded by (seed, epoch), and prompts come from `example_rng(seed, step, slot)`.
+    A step consumes batch_size * grad_accum_steps * world_size consecutive positions of that order; rank r takes
+    the contiguous share of micro-batches r * grad_accum_steps .. (r + 1) * grad_accum_steps - 1, and a slot is
+    numbered within the whole step, so one process with grad_accum_steps A * W sees exactly what W ranks see.
+
+    An image region is one image row behind `image_query`; a video track is num_video_frames rows (the number of
+    <image> placeholders of `video_query`) behind `video_query`, in the order describe_video feeds them.
     """
 
-    def __init__(self, samples: Sequence[TrainingSample], tokenizer: Any, image_size: int, cfg: TrainConfig,
-                 augment: bool = True, global_only: bool = False, image_query: str = IMAGE_QUERY) -> None:
+    def __init__(self, samples: Sequence[Any], tokenizer: Any, image_size: int, cfg: TrainConfig,
+                 augment: bool = True, global_only: bool = False, image_query: str = IMAGE_QUERY,
+                 video_query: str | None = None, rank: int = 0, world_size: int = 1) -> None:
         from dam_model.focal import normalisation_lut
 
         if not samples:
             raise ValueError("no training samples")
-        self.samples = list(samples)
+        self.samples = [as_training_sample(s) for s in samples]
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.cfg = cfg
         self.augment = augment
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
         # The checkpoint's inference query (with its <image> placeholder) stands for the default query; augmented
         # queries keep the same image prefix ("<image>\n" for DAM-3B, "Image: <image>\n" for the joint model).
         if image_query.count("<image>") != 1:
             raise ValueError("image_query must contain exactly one <image> placeholder")
         self.image_query = image_query
         self.image_prefix = image_query[: image_query.index("<image>") + len("<image>")] + "\n"
+        # Video tracks: the checkpoint's video query ("Video: <image>...<image>\nGiven the video ...") stands for
+        # the default query; augmented queries follow its frame placeholders ("Video: <image>...<image>\n").
+        self.video_query = video_query
+        self.video_prefix: str | None = None
+        self.num_video_frames = 0
+        if video_query is not None:
+            self.num_video_frames = video_query.count("<image>")
+            if self.num_video_frames < 1:
+                raise ValueError("video_query must contain <image> placeholders (one per frame)")
+            self.video_prefix = video_query[: video_query.rindex("<image>") + len("<image>")] + "\n"
+        if self.video_query is None and any(isinstance(s, VideoTrainingSample) for s in self.samples):
+            raise ValueError("video samples need a video_query (the model's config.video_query)")
         # Ablation: every sample takes the plain path (global view + mask only, no focal crop, no adapters).
         self.global_only = global_only
         self._lut = normalisation_lut()
-        self._cache: dict[int, tuple[Any, bool]] = {}
+        self._cache: dict[int, tuple[Any, Any]] = {}
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
         if cfg.cache_preprocessed:
@@ -359,22 +448,38 @@ class RegionData:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _pixels(self, index: int) -> tuple[Any, bool]:
-        """8-channel tensor [8, S, S] float32 and is_focal for one sample (cached as the exact uint8 levels)."""
+    @property
+    def num_videos(self) -> int:
+        return sum(isinstance(s, VideoTrainingSample) for s in self.samples)
+
+    def _preprocess(self, sample: Any) -> Any:
+        """The RegionBatch of one sample: 1 row for an image region, num_video_frames rows for a video track
+        (frames chosen and cropped by the functions `DescribeAnythingModel.prepare_video` uses)."""
+        from dam_model.focal import preprocess_frames, preprocess_regions, select_video_frames
+
+        if isinstance(sample, VideoTrainingSample):
+            binaries = [m > 0 for m in sample.masks]
+            chosen = select_video_frames(binaries, self.num_video_frames)
+            return preprocess_frames([sample.frames[i] for i in chosen], [binaries[i] for i in chosen],
+                                     self.image_size)
+        return preprocess_regions(sample.image, [sample.mask], self.image_size)
+
+    def _pixels(self, index: int) -> tuple[Any, Any]:
+        """8-channel tensor [k, 8, S, S] float32 and is_focal bool [k] of one sample (k = 1 for an image region,
+        num_video_frames for a video track); cached as the exact uint8 levels."""
         import torch
 
-        from dam_model.focal import normalisation_lut, preprocess_regions
-
         if index not in self._cache:
-            sample = self.samples[index]
-            regions = preprocess_regions(sample.image, [sample.mask], self.image_size)
-            levels = torch.as_tensor(np.asarray(regions.pixel_values_u8[0]))
-            focal = bool(np.asarray(regions.is_focal)[0]) and not self.global_only
+            regions = self._preprocess(self.samples[index])
+            levels = torch.as_tensor(np.asarray(regions.pixel_values_u8))
+            focal = torch.as_tensor(np.asarray(regions.is_focal), dtype=torch.bool)
+            if self.global_only:
+                focal = torch.zeros_like(focal)
             if not self.cfg.cache_preprocessed:
                 return torch.as_tensor(self._lut[levels.numpy()]), focal
             self._cache[index] = (levels, focal)
         levels, focal = self._cache[index]
-        return torch.as_tensor(self._lut[levels.numpy()]), focal
+        return torch.as_tensor(self._lut[levels.numpy()]), focal.clone()
 
     def _sample_index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.samples))
@@ -383,70 +488,92 @@ class RegionData:
             self._perm_epoch = epoch
         return int(self._perm[offset])  # type: ignore[index]
 
+    def _chunk(self, micro: int) -> int:
+        """This rank's micro-batch `micro` as a micro-batch number within the whole (global) step."""
+        if not 0 <= micro < self.cfg.grad_accum_steps:
+            raise ValueError(f"micro must be in [0, {self.cfg.grad_accum_steps}), got {micro}")
+        return self.rank * self.cfg.grad_accum_steps + micro
+
     def indices(self, step: int, micro: int) -> list[int]:
-        """Sample indices of micro-batch `micro` of optimizer step `step` (0-based)."""
-        first = (step * self.cfg.grad_accum_steps + micro) * self.cfg.batch_size
+        """Sample indices of this rank's micro-batch `micro` of optimizer step `step` (0-based)."""
+        per_step = self.cfg.batch_size * self.cfg.grad_accum_steps * self.world_size
+        first = step * per_step + self._chunk(micro) * self.cfg.batch_size
         return [self._sample_index(first + j) for j in range(self.cfg.batch_size)]
 
     def examples(self, step: int, micro: int) -> list[tuple[int, str, str]]:
         """(sample index, query, answer) for each slot of a micro-batch."""
         out = []
+        base = self._chunk(micro) * self.cfg.batch_size
         for slot, index in enumerate(self.indices(step, micro)):
             sample = self.samples[index]
+            video = isinstance(sample, VideoTrainingSample)
             if self.augment:
-                rng = example_rng(self.cfg.seed, step, micro * self.cfg.batch_size + slot)
+                rng = example_rng(self.cfg.seed, step, base + slot)
                 ex = augment_prompt(sample.caption, sample.short_caption, rng, self.cfg.default_prompt_fraction)
-                out.append((index, self.full_query(ex.query), ex.answer))
+                out.append((index, self.full_query(ex.query, video=video), ex.answer))
             else:
-                out.append((index, self.image_query, sample.caption))
+                out.append((index, self.default_query(video), sample.caption))
         return out
 
-    def full_query(self, query: str) -> str:
-        """User-turn text for an augmented query: the checkpoint's own query for DEFAULT_QUERY, else prefix + query."""
-        return self.image_query if query == DEFAULT_QUERY else self.image_prefix + query
+    def default_query(self, video: bool = False) -> str:
+        """The inference query: the checkpoint's image query, or its video query for a video track."""
+        if not video:
+            return self.image_query
+        if self.video_query is None:
+            raise ValueError("no video_query given")
+        return self.video_query
+
+    def full_query(self, query: str, video: bool = False) -> str:
+        """User-turn text for an augmented query: the checkpoint's own query for DEFAULT_QUERY, else prefix + query
+        (the image prefix, or the video prefix with its frame placeholders for a video track)."""
+        if query == DEFAULT_QUERY:
+            return self.default_query(video)
+        prefix = self.video_prefix if video else self.image_prefix
+        if prefix is None:
+            raise ValueError("no video_query given")
+        return prefix + query
+
+    def encode(self, index: int, query: str, answer: str) -> tuple[list[int], list[int], Any, Any]:
+        """(input_ids, labels, pixel_values [k, 8, S, S], is_focal [k]) of one teacher-forced example."""
+        from dam_model.prompt import count_images, encode_training_example
+
+        ids, labels = encode_training_example(self.tokenizer, query, answer)
+        ids, labels = list(ids), list(labels)
+        if len(ids) != len(labels):
+            raise ValueError("encode_training_example returned ids and labels of different lengths")
+        if self.cfg.max_seq_len is not None:
+            ids, labels = ids[: self.cfg.max_seq_len], labels[: self.cfg.max_seq_len]
+        pixels, focal = self._pixels(index)
+        if count_images(ids) != pixels.shape[0]:
+            raise ValueError(f"sample {index}: the prompt keeps {count_images(ids)} <image> placeholders for "
+                             f"{pixels.shape[0]} images (max_seq_len={self.cfg.max_seq_len} too short?)")
+        return ids, labels, pixels, focal
 
     def collate(self, examples: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
-        """Right-padded tensors for model.forward: input_ids/attention_mask/labels [B, T], pixel_values [B, 8, S, S]."""
-        import torch
+        """Right-padded tensors for model.forward: input_ids/attention_mask/labels [B, T], pixel_values
+        [sum of images, 8, S, S] and is_focal [sum of images] in row order (an image region adds 1, a video track
+        num_video_frames), via dam_model.modeling.collate_training_batch."""
+        from dam_model.modeling import collate_training_batch
 
-        from dam_model.prompt import encode_training_example
-
-        pad_id = _pad_id(self.tokenizer)
-        encoded = []
-        for _, query, answer in examples:
-            ids, labels = encode_training_example(self.tokenizer, query, answer)
-            ids, labels = list(ids), list(labels)
-            if len(ids) != len(labels):
-                raise ValueError("encode_training_example returned ids and labels of different lengths")
-            if self.cfg.max_seq_len is not None:
-                ids, labels = ids[: self.cfg.max_seq_len], labels[: self.cfg.max_seq_len]
-            encoded.append((ids, labels))
-        length = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-        labels_t = torch.full((len(encoded), length), -100, dtype=torch.long)
-        attention = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, (ids, labels) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            labels_t[row, : len(labels)] = torch.tensor(labels, dtype=torch.long)
-            attention[row, : len(ids)] = 1
-        pixels, focal = zip(*(self._pixels(index) for index, _, _ in examples))
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "pixel_values": torch.stack(pixels),
-            "is_focal": torch.tensor(focal, dtype=torch.bool),
-            "labels": labels_t,
-        }
+        encoded = [self.encode(index, query, answer) for index, query, answer in examples]
+        return collate_training_batch(encoded, pad_token_id=_pad_id(self.tokenizer))
 
     def batch(self, step: int, micro: int) -> dict[str, Any]:
-        """The collated micro-batch for (step, micro)."""
+        """This rank's collated micro-batch for (step, micro)."""
         return self.collate(self.examples(step, micro))
 
-    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
-        """Every sample once, default query + long caption, in order."""
-        for start in range(0, len(self.samples), batch_size):
-            indices = range(start, min(start + batch_size, len(self.samples)))
-            yield self.collate([(i, self.image_query, self.samples[i].caption) for i in indices])
+    def eval_examples(self) -> list[tuple[int, str, str]]:
+        """Every sample once, in order: its default query (image or video) and its long caption."""
+        return [(i, self.default_query(isinstance(s, VideoTrainingSample)), s.caption)
+                for i, s in enumerate(self.samples)]
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
+        """Every sample once (default query + long caption), in order; with world_size > 1 only the batches
+        number rank, rank + world_size, ... (each rank scores its share)."""
+        examples = self.eval_examples()
+        for number, start in enumerate(range(0, len(examples), batch_size)):
+            if number % world_size == rank:
+                yield self.collate(examples[start:start + batch_size])
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -522,16 +649,19 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(cuda_device: Any = None) -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states; with `cuda_device` (one rank of several) only that GPU's."""
     import torch
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if cuda_device is not None:
+        state["cuda_device"] = torch.cuda.get_rng_state(cuda_device)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], cuda_device: Any = None) -> None:
     import torch
 
     random.setstate(state["python"])
@@ -539,6 +669,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and cuda_device is not None:
+        torch.cuda.set_rng_state(state["cuda_device"], cuda_device)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -633,12 +765,186 @@ def _restore_weights(model: Any, checkpoint: Path, cfg: TrainConfig, state: dict
 # --------------------------------------------------------------------------------------------- training
 
 
-def _resolve_device(cfg: TrainConfig) -> Any:
+def _resolve_device(cfg: TrainConfig, local_rank: int | None = None) -> Any:
+    """The training device. With several processes (local_rank given) a GPU run uses cuda:LOCAL_RANK."""
     import torch
 
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if local_rank is not None and device.type == "cuda":
+        if device.index is not None and device.index != local_rank:
+            raise ValueError(f"device {cfg.device!r} with several processes: each rank trains on cuda:LOCAL_RANK "
+                             "(pass device 'auto' or 'cuda', and pick GPUs with CUDA_VISIBLE_DEVICES)")
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+# --------------------------------------------------------------------------------------------- data parallel
+
+
+@dataclass
+class DistributedContext:
+    """This process's place in a data-parallel run (rank 0 of 1 when not distributed).
+
+    Ranks agree on everything through collectives: `on_main(fn)` runs fn on rank 0 only (file writes, resume
+    look-ups) and hands its result, or its exception, to every rank, so a failure on rank 0 stops all ranks
+    instead of leaving them waiting.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """fn() on rank 0; every rank returns its result (it must be picklable) or raises its error."""
+        if not self.enabled:
+            return fn()
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as err:  # the other ranks learn of it (as text: not every error pickles)
+                error = err
+                box[0] = ("error", f"{type(err).__name__}: {err}")
+        dist.broadcast_object_list(box, src=0)
+        status, value = box[0]
+        if error is not None:
+            raise error
+        if status == "error":
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
+
+    def mean(self, value: float, device: Any) -> float:
+        """The mean of a float over all ranks."""
+        if not self.enabled:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+    def sum(self, values: Sequence[float], device: Any) -> list[float]:
+        """Element-wise sums of a list of floats over all ranks."""
+        if not self.enabled:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """[obj of rank 0, obj of rank 1, ...] on every rank."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[DistributedContext, Any]:
+    """(context, device) of this process. WORLD_SIZE > 1 (set by torchrun / accelerate launch, with RANK,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) starts the default process group when the caller has not: backend nccl
+    for CUDA (device cuda:LOCAL_RANK), gloo for CPU."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    initialized = dist.is_available() and dist.is_initialized()
+    if world <= 1 and not (initialized and dist.get_world_size() > 1):
+        return DistributedContext(), _resolve_device(cfg)
+    if not dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE={world} but this torch build has no torch.distributed")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    device = _resolve_device(cfg, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if not initialized:
+        # Rank 0 writes checkpoints (DAM-3B: weights + Adam moments, tens of GB) while the others wait: a generous
+        # timeout. A crashed rank is still noticed at once: the launcher stops the others.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=1))
+        owns = True
+    ctx = DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                             owns_group=owns)
+    return ctx, device
+
+
+def _broadcast_model(model: Any) -> None:
+    """Rank 0's parameters and buffers to every rank (identical starting weights whatever each rank loaded)."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def all_reduce_gradients(params: Sequence[Any], ctx: DistributedContext, bucket_bytes: int = 256 << 20) -> None:
+    """Average the gradients of `params` over all ranks, in flat buckets of about bucket_bytes.
+
+    A parameter keeps grad None only when it got no gradient on ANY rank (as in one process, where AdamW skips
+    it); one that got a gradient somewhere gets zeros where it had none before the average.
+    """
+    if not ctx.enabled:
+        return
+    import torch
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    params = list(params)
+    if not params:
+        return
+    device = params[0].device
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(has_grad)
+    grads = []
+    for param, used in zip(params, has_grad.tolist()):
+        if not used:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        grads.append(param.grad)
+
+    def flush(bucket: list[Any]) -> None:
+        flat = _flatten_dense_tensors(bucket)
+        dist.all_reduce(flat)
+        flat.div_(ctx.world_size)
+        for grad, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            grad.copy_(synced)
+
+    bucket: list[Any] = []
+    size = 0
+    for grad in grads:
+        if bucket and (grad.dtype != bucket[0].dtype or size + grad.numel() * grad.element_size() > bucket_bytes):
+            flush(bucket)
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += grad.numel() * grad.element_size()
+    if bucket:
+        flush(bucket)
 
 
 def _autocast(cfg: TrainConfig, device: Any) -> Any:
@@ -676,15 +982,18 @@ class _MetricsLog:
             f.flush()
 
 
-def evaluate_loss(model: Any, data: RegionData, cfg: TrainConfig, device: Any, batch_size: int | None = None) -> float:
-    """Token-weighted mean caption loss over `data` (default query + long caption)."""
+def evaluate_loss(model: Any, data: RegionData, cfg: TrainConfig, device: Any, batch_size: int | None = None,
+                  ctx: DistributedContext | None = None) -> float:
+    """Token-weighted mean caption loss over `data` (default query + long caption). With several ranks each scores
+    its share of the batches and the sums are all-reduced: every rank returns the same value."""
     import torch
 
+    ctx = ctx or DistributedContext()
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for batch in data.eval_batches(batch_size or cfg.batch_size):
+        for batch in data.eval_batches(batch_size or cfg.batch_size, ctx.rank, ctx.world_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             with _autocast(cfg, device):
                 loss = model(**batch).loss.float().item()
@@ -692,15 +1001,23 @@ def evaluate_loss(model: Any, data: RegionData, cfg: TrainConfig, device: Any, b
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += loss * n
             tokens += n
+    total, tokens = ctx.sum([total, tokens], device)
     model.train(was_training)
     return total / max(tokens, 1)
 
 
-def _total_steps(cfg: TrainConfig, n_samples: int) -> int:
+def _total_steps(cfg: TrainConfig, n_samples: int, world_size: int = 1) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
-    per_step = cfg.batch_size * cfg.grad_accum_steps
+    per_step = cfg.batch_size * cfg.grad_accum_steps * world_size
     return max(1, math.ceil(cfg.epochs * n_samples / per_step))  # type: ignore[operator]
+
+
+class _NoMetrics:
+    """metrics.jsonl stand-in on ranks other than 0 (they write nothing)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
 
 
 def train(
@@ -714,25 +1031,50 @@ def train(
 
     init_model: a DescribeAnythingModel (random init from `from_config(cfg, tokenizer)`, trained in place)
     or a checkpoint path (fine-tuning). A resumable checkpoint in out_dir takes precedence for the weights.
-    Samples: TrainingSample, dicts or objects with image/mask/caption(/short_caption) (see as_training_sample).
+    Samples: TrainingSample / VideoTrainingSample, or dicts / objects with image/mask or frames/masks and
+    caption(/short_caption) (see as_training_sample); image regions and video tracks mix freely in a batch.
     on_step(step, loss) runs after every optimizer step and its checkpoint (a hook for callers and for tests
     that simulate a kill by raising).
+
+    Launched as several processes (WORLD_SIZE > 1: `torchrun --nproc_per_node N` or `accelerate launch
+    --num_processes N`), every rank calls train() with the same arguments: data-parallel training where rank 0
+    alone writes out_dir (checkpoints, metrics.jsonl, final/) and every rank returns the final path. A resume
+    needs the world size that wrote the checkpoint. The process group is created here unless the caller made one.
     """
     import torch
 
     if init_model is None:
         raise ValueError("init_model is required: a DescribeAnythingModel or a checkpoint folder")
     start_time = time.time()
-    print("train config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
+    ctx, device = init_distributed(cfg)
+    try:
+        return _train(cfg, train_samples, val_samples, init_model, on_step, ctx, device, start_time)
+    finally:
+        if ctx.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, train_samples: Iterable[Any], val_samples: Iterable[Any] | None, init_model: Any,
+           on_step: Callable[[int, float], None] | None, ctx: DistributedContext, device: Any,
+           start_time: float) -> Path:
+    import torch
+
+    main = ctx.is_main
+    if main:
+        print("train config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
+        if ctx.enabled:
+            print(f"data parallel: {ctx.world_size} processes, global batch "
+                  f"{cfg.batch_size * cfg.grad_accum_steps * ctx.world_size}", flush=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(cfg)
-
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # Every rank holds (and preprocesses) all samples; it draws only its own share of each step from them.
     train_list = [as_training_sample(s) for s in train_samples]
     val_list = [as_training_sample(s) for s in val_samples] if val_samples is not None else []
-    total_steps = _total_steps(cfg, len(train_list))
+    total_steps = _total_steps(cfg, len(train_list), ctx.world_size)
+    rng_device = device if ctx.enabled and device.type == "cuda" else None
 
     # Seed before building anything random (LoRA init); a resume then restores the exact RNG states.
     random.seed(cfg.seed)
@@ -747,7 +1089,7 @@ def train(
         model.to(device)
     trainable = set_trainable(model, cfg)
     use_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
-    if use_ckpt and not _enable_gradient_checkpointing(model):
+    if use_ckpt and not _enable_gradient_checkpointing(model) and main:
         print("gradient checkpointing requested but the model does not support it; continuing without", flush=True)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
@@ -755,28 +1097,41 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
 
     start_step = 0
-    checkpoint = find_resume_checkpoint(cfg)
+    found = ctx.on_main(lambda: find_resume_checkpoint(cfg))
+    checkpoint = Path(found) if found is not None else None
     if checkpoint is not None:
         state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{checkpoint}: trainer_state format {state.get('format')} != {STATE_FORMAT}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != ctx.world_size:
+            raise ValueError(f"{checkpoint} was written by {saved_world} process(es) but this run has "
+                             f"{ctx.world_size}: resume with the same number, or resume='none' / another out_dir")
         _restore_weights(model, checkpoint, cfg, state, device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        rank_states = state.get("rng_ranks")
+        _set_rng_state(rank_states[ctx.rank] if rank_states else state["rng"], rng_device)
         start_step = int(state["step"])
-        print(f"resumed from {checkpoint} at step {start_step}", flush=True)
+        if main:
+            print(f"resumed from {checkpoint} at step {start_step}", flush=True)
+    if ctx.enabled:
+        _broadcast_model(model)  # identical weights on every rank, whatever each one loaded
 
-    image_query = model.config.image_query
-    data = RegionData(train_list, tokenizer, image_size, cfg, global_only=cfg.global_only, image_query=image_query)
+    config = model.config
+    data = RegionData(train_list, tokenizer, image_size, cfg, global_only=cfg.global_only,
+                      image_query=config.image_query, video_query=config.video_query,
+                      rank=ctx.rank, world_size=ctx.world_size)
     val_data = (RegionData(val_list, tokenizer, image_size, cfg, augment=False, global_only=cfg.global_only,
-                           image_query=image_query) if val_list else None)
-    metrics = _MetricsLog(out_dir / "metrics.jsonl", start_step)
-    print(f"training {total_steps} steps on {len(train_list)} samples, device {device}, "
-          f"trainable {json.dumps(trainable)}", flush=True)
+                           image_query=config.image_query, video_query=config.video_query)
+                if val_list else None)
+    metrics: Any = _MetricsLog(out_dir / "metrics.jsonl", start_step) if main else _NoMetrics()
+    if main:
+        print(f"training {total_steps} steps on {len(train_list)} samples ({data.num_videos} video), "
+              f"device {device}, trainable {json.dumps(trainable)}", flush=True)
 
     bar = None
-    if cfg.progress and sys.stderr.isatty():
+    if main and cfg.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
@@ -795,6 +1150,9 @@ def train(
                 loss = model(**batch).loss
             (loss.float() / cfg.grad_accum_steps).backward()
             step_loss += loss.item() / cfg.grad_accum_steps
+        if ctx.enabled:
+            all_reduce_gradients(params, ctx)
+            step_loss = ctx.mean(step_loss, device)  # the global batch's loss, the same on every rank
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
         optimizer.step()
         scheduler.step()
@@ -808,7 +1166,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
         if val_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
-            val_loss = evaluate_loss(model, val_data, cfg, device)
+            val_loss = evaluate_loss(model, val_data, cfg, device, ctx=ctx)
             metrics.write({"step": done, "val_loss": val_loss})
         if done % max(cfg.log_every, 1) == 0 or done == total_steps:
             now = time.time()
@@ -820,23 +1178,29 @@ def train(
                 "grad_norm": float(grad_norm),
                 "sec_per_step": (now - step_time) / len(window),
             })
-            if bar is None and cfg.progress and cfg.log_every:
+            if main and bar is None and cfg.progress and cfg.log_every:
                 print(f"step {done}/{total_steps} loss {sum(window) / len(window):.4f}", flush=True)
             window, step_time = [], now
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total_steps:
-            save_checkpoint(model, optimizer, scheduler, done, cfg)
+            rng_states = ctx.gather(_rng_state(rng_device)) if ctx.enabled else None
+            extra = {"world_size": ctx.world_size, **({"rng_ranks": rng_states} if rng_states else {})}
+            # Every rank waits for rank 0's checkpoint: it is in place before any rank moves on.
+            ctx.on_main(lambda: str(save_checkpoint(model, optimizer, scheduler, done, cfg, extra_state=extra)))
         if on_step is not None:
             on_step(done, step_loss)
     if bar is not None:
         bar.close()
 
     final_metrics: dict[str, Any] = {"steps": total_steps, "train_loss_last": last_loss,
-                                     "train_samples": len(train_list), "seconds": round(time.time() - start_time, 1)}
+                                     "train_samples": len(train_list), "train_video_samples": data.num_videos,
+                                     "world_size": ctx.world_size,
+                                     "global_batch_size": cfg.batch_size * cfg.grad_accum_steps * ctx.world_size,
+                                     "seconds": round(time.time() - start_time, 1)}
     if val_data is not None:
-        val_loss = evaluate_loss(model, val_data, cfg, device)
+        val_loss = evaluate_loss(model, val_data, cfg, device, ctx=ctx)
         final_metrics["val_loss"] = val_loss
         metrics.write({"step": total_steps, "val_loss": val_loss})
-    return write_final(model, cfg, final_metrics)
+    return Path(ctx.on_main(lambda: str(write_final(model, cfg, final_metrics))))
 
 
 def write_final(model: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
