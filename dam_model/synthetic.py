@@ -47,8 +47,11 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "dia
 SHAPE_PLURALS: dict[str, str] = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES}
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 # Diameter as a fraction of the image's shorter side. Gaps between ranges keep the size word exact even
-# after the small size is raised to MIN_OBJECT_PX on small images (6 / 48 = 0.125 < 0.15).
-SIZE_FRACTIONS: dict[str, tuple[float, float]] = {"small": (0.025, 0.08), "medium": (0.15, 0.22), "large": (0.30, 0.42)}
+# after the small size is raised to MIN_OBJECT_PX on small images (6 / 48 = 0.125 < 0.18).
+# Version 2 made objects larger and images larger: at DEFAULT_SIZES a small object is 32-96 px across, so
+# its focal crop (3x its box, at least 144 px: DAM's rule) zooms in on it while the full view shrinks it
+# to a few pixels; in version 1 (64-160 px images) nearly every crop was the whole image.
+SIZE_FRACTIONS: dict[str, tuple[float, float]] = {"small": (0.09, 0.125), "medium": (0.18, 0.24), "large": (0.32, 0.42)}
 MIN_OBJECT_PX = 6
 MIN_SIDE_PX = 48
 ROWS: tuple[str, ...] = ("top", "center", "bottom")
@@ -60,12 +63,17 @@ PAIR_RELATIONS: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommo
 MOTIONS: tuple[str, ...] = (
     "moving left to right", "moving right to left", "moving top to bottom", "moving bottom to top", "staying still",
 )
-# (width, height) choices and their weights: mostly small images, some odd aspect ratios, a few large ones
-# (where small objects are ~12-38 px in a 640x480 frame).
+# (width, height) choices and their weights for still scenes: 360-576 px on the shorter side, several aspect
+# ratios (small objects are 32-72 px, about 1 % of the image's area).
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
-    (64, 64), (96, 64), (64, 96), (128, 96), (96, 128), (128, 128), (160, 96), (640, 480),
+    (384, 384), (512, 384), (384, 512), (448, 448), (576, 432), (432, 576), (640, 480), (480, 640), (640, 360),
+    (768, 576),
 )
-DEFAULT_SIZE_WEIGHTS: tuple[float, ...] = (0.22, 0.14, 0.14, 0.14, 0.12, 0.1, 0.09, 0.05)
+DEFAULT_SIZE_WEIGHTS: tuple[float, ...] = (1.0,) * len(DEFAULT_SIZES)
+# Videos stay small (16 frames each): 64-160 px.
+VIDEO_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (96, 64), (64, 96), (128, 96), (96, 128), (128, 128), (160, 96))
+GENERATOR_VERSION = 2
+"""Bumped whenever the same (seed, index) draws different scenes (part of the tiny model's cache key)."""
 
 # Star: outer radius 1, inner radius 0.42, first point up; cos/sin rounded to 4 decimals once, by hand.
 _STAR_VERTICES = np.array([
@@ -474,7 +482,7 @@ def generate_video(seed: int, index: int, num_frames: int = 16, *, size: tuple[i
                    num_objects: int | None = None, pixel_noise: int = 10) -> VideoScene:
     """A deterministic video: 1..3 shapes moving along straight lines (or standing still) over a texture.
 
-    num_frames: >= 2 (16 by default). size: (width, height), default drawn from the small DEFAULT_SIZES.
+    num_frames: >= 2 (16 by default). size: (width, height), default drawn from VIDEO_SIZES.
     Every object stays at least 50 % visible in every frame; masks are its visible pixels per frame.
     """
     if num_frames < 2:
@@ -482,7 +490,7 @@ def generate_video(seed: int, index: int, num_frames: int = 16, *, size: tuple[i
     if num_objects is not None and not 1 <= num_objects <= 3:
         raise ValueError(f"num_objects must be in 1..3, got {num_objects}")
     rng = np.random.default_rng([int(seed), int(index), 1])
-    width, height = _pick_size(rng, size, DEFAULT_SIZES[:-1] if size is None else None)
+    width, height = _pick_size(rng, size, VIDEO_SIZES if size is None else None)
     min_side = min(width, height)
     background = _background(rng, height, width)
     count = int(num_objects) if num_objects is not None else int(rng.integers(1, 4))

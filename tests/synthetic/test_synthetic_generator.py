@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
+from dam_model.focal import focal_crop_box
 from dam_model.synthetic import (
-    COLORS, MIN_OBJECT_PX, POSITIONS, SHAPES, SIZE_FRACTIONS, generate_dataset, generate_scene, generate_video,
+    COLORS, GENERATOR_VERSION, MIN_OBJECT_PX, POSITIONS, SHAPES, SIZE_FRACTIONS, generate_dataset, generate_scene, generate_video,
     iter_region_samples, iter_video_region_samples, long_caption, perturbed_caption, position_of, short_caption,
 )
 
@@ -36,9 +37,12 @@ def test_known_scene_is_stable_across_machines():
     digest = hashlib.sha256(b"".join(_fingerprint(scene))).hexdigest()
     assert scene.image.shape == (64, 96, 3) and scene.image.dtype == np.uint8
     assert digest == KNOWN_DIGEST, digest
+    assert GENERATOR_VERSION == KNOWN_VERSION
 
 
-KNOWN_DIGEST = "388f43bf89ff4aa51ac00f75c519d2a8528f48a9d51798e8df05d465a22c13d8"
+# A new digest means (seed, index) now draws another scene: bump synthetic.GENERATOR_VERSION with it (cached
+# tiny models are keyed by that version).
+KNOWN_DIGEST, KNOWN_VERSION = "47d9dd0c3a80764dcbdd13a9fd6035f1cae934794900c603da387ec1e076326a", 2
 
 
 def test_masks_are_nonempty_disjoint_and_exactly_the_visible_pixels(small_scenes):
@@ -131,8 +135,11 @@ def test_varied_sizes_include_large_images_with_small_objects():
     assert len(shapes) >= 6 and any(h != w for h, w in shapes)
     big = generate_scene(4, 2, size=(640, 480))
     assert big.image.shape == (480, 640, 3)
-    tiny = [o for s in (generate_scene(4, i, size=(640, 480)) for i in range(6)) for o in s.objects if o.size_bucket == "small"]
-    assert tiny and min(o.attributes["diameter_px"] for o in tiny) < 40
+    small = [o for s in (generate_scene(4, i, size=(640, 480)) for i in range(8)) for o in s.objects if o.size_bucket == "small"]
+    assert small and max(o.attributes["diameter_px"] for o in small) <= 0.125 * 480
+    for obj in small:  # the focal crop zooms in: it holds at most a quarter of the image
+        x0, y0, x1, y1 = focal_crop_box(obj.mask)
+        assert (x1 - x0) * (y1 - y0) <= 640 * 480 / 4
 
 
 def test_region_samples_unpack_and_validate(small_scenes):
