@@ -6,8 +6,8 @@ Both variants start from the SAME random init (same seed), train for the SAME nu
 regions with the SAME prompts; they differ only in what the vision side sees:
 - focal:  full view + mask, plus the focal crop (3x the mask box) encoded with the cross-attention adapters;
 - global: full view + mask only (every region forced onto the plain path: no crop, no adapters).
-Scenes are large (320x240 and 256x256) so small objects cover only a few pixels of the 64-px global view:
-the regime where the paper says the focal prompt matters. Evaluation: greedy captions on a held-out seed,
+Scenes are the generator's defaults (360-576 px on the shorter side): a small object covers only a few pixels
+of the 64-px global view, while its focal crop zooms in: the regime where the paper says the focal prompt matters. Evaluation: greedy captions on a held-out seed,
 scored by the exact RuleJudge; the global variant is evaluated on the plain path too.
 
 Prints a table and ``RESULT ablation ratio=<focal small-object score / global small-object score>``.
@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.build_tiny_model import PROFILES, evaluate_model, train_tiny_tokenizer  # noqa: E402
-
-ABLATION_SIZES = ((320, 240), (256, 256))
+from scripts.build_tiny_model import PROFILES, evaluate_model, fresh_tiny_model, train_tiny_tokenizer  # noqa: E402
 
 
 def run_variant(name: str, global_only: bool, args: argparse.Namespace, tokenizer: Any, train_samples: list[Any],
@@ -38,14 +36,11 @@ def run_variant(name: str, global_only: bool, args: argparse.Namespace, tokenize
     """Train one variant from the shared seed and evaluate it; returns its report plus timings."""
     import torch
 
-    from dam_model.config import DAMConfig
     from dam_model.modeling import DescribeAnythingModel
     from dam_model.training import TrainConfig, train
 
     profile = PROFILES[args.profile]
-    torch.manual_seed(args.seed)
-    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tokenizer), **profile.model),
-                                              tokenizer=tokenizer)
+    model = fresh_tiny_model(profile, tokenizer, seed=args.seed)
     fields = {**profile.train, "max_steps": args.steps, "warmup_steps": min(profile.train["warmup_steps"], args.steps // 10),
               "checkpoint_every": 0, "seed": args.seed, "global_only": global_only, "resume": "none",
               "out_dir": str(args.out / name)}
@@ -100,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     profile = PROFILES[args.profile]
-    train_samples = region_samples(1000 + args.seed, args.train_scenes, sizes=ABLATION_SIZES)
-    eval_samples = region_samples(9000 + args.seed, args.eval_scenes, sizes=ABLATION_SIZES)
-    eval_regions = synthetic_eval_regions(9000 + args.seed, args.eval_scenes, sizes=ABLATION_SIZES)
+    train_samples = region_samples(1000 + args.seed, args.train_scenes)
+    eval_samples = region_samples(9000 + args.seed, args.eval_scenes)
+    eval_regions = synthetic_eval_regions(9000 + args.seed, args.eval_scenes)
     tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, args.out / "tokenizer")
 
     variants = [(name, global_only) for name, global_only in (("focal", False), ("global", True))
@@ -117,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(f"\nablation: {args.steps} steps, {len(train_samples)} train regions, "
-          f"{len(eval_samples)} held-out regions (profile {args.profile}, sizes {list(ABLATION_SIZES)})")
+          f"{len(eval_samples)} held-out regions (profile {args.profile})")
     header = f"{'variant':8} {'avg':>6} {'pos':>6} {'neg':>6} {'small':>6} {'medium':>6} {'large':>6} {'train s':>8}"
     print(header)
     print("-" * len(header))

@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
+FRESH_MASK_EMBEDDING_STD = 0.05
+FRESH_GATE_VALUE = 0.1
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,13 @@ _CI_MODEL = dict(image_size=64, patch_size=8, vision_hidden_size=64, vision_inte
                  llm_layers=2, llm_heads=4, max_position_embeddings=512)
 
 # lr 2e-3 and 1200 steps: on the ci model, 300 steps at 3e-3 left it blind to colour and shape (DLC average 0.35),
-# 1200 steps at 2e-3 reached 0.455 on 15 held-out scenes; the loss was still falling (measured 2026-11-25).
+# 1200 steps at 2e-3 learned more; the loss was still falling (measured 2026-11-25, generator version 1).
 _CI_TRAIN = dict(lr=2e-3, min_lr_ratio=0.05, weight_decay=0.01, warmup_steps=50, max_steps=1200, batch_size=16,
                  train_vision=True, checkpoint_every=200, keep_last=1, log_every=50, num_threads=2,
                  default_prompt_fraction=0.5, seed=0)
 
 PROFILES: dict[str, Profile] = {
+    # Small enough for CI (~4 min on 2 cores): the model the end-to-end tests run.
     "ci": Profile(
         name="ci",
         model=_CI_MODEL,
@@ -87,15 +90,17 @@ PROFILES: dict[str, Profile] = {
         eval_seed=9000,
         eval_scenes=20,
     ),
-    # The ci model trained further on twice the scenes (same seed: a superset of ci's scenes).
+    # The ci model trained further on five times the scenes (same seed: a superset of ci's scenes). With 300
+    # scenes a longer run memorises them (train/held-out shape accuracy 0.98/0.67 after 1800 steps); with 1000
+    # scenes it did not (measured 2026-12-02). Built in under 20 minutes on 2 cores, ci model included.
     "default": Profile(
         name="default",
         model=_CI_MODEL,
-        train={**_CI_TRAIN, "warmup_steps": 30, "max_steps": 2400, "checkpoint_every": 250, "keep_last": 2,
+        train={**_CI_TRAIN, "warmup_steps": 30, "max_steps": 4000, "checkpoint_every": 250, "keep_last": 2,
                "seed": 1},
         vocab_size=512,
         train_seed=1000,
-        train_scenes=600,
+        train_scenes=1500,
         eval_seed=9000,
         eval_scenes=40,
         init_profile="ci",
@@ -166,6 +171,31 @@ def train_tiny_tokenizer(samples: list[Any], vocab_size: int, out_dir: Path) -> 
     return load_tokenizer(train_tokenizer(texts, vocab_size, out_dir))
 
 
+def fresh_tiny_model(profile: Profile, tokenizer: Any, seed: int) -> Any:
+    """A randomly initialised tiny DAM of `profile`'s size.
+
+    The release zero-initialises the mask patch embedding and the adapter gates so that a PRETRAINED SigLIP
+    starts unchanged. Trained from scratch there is nothing to preserve, so they start small but non-zero:
+    the mask and the global context reach the LLM from the first step (on the ci recipe the position word was
+    learned sooner: 0.64 vs 0.24 correct after 1200 steps, measured 2026-12-02).
+    """
+    import torch
+
+    from dam_model.config import DAMConfig
+    from dam_model.modeling import DescribeAnythingModel
+
+    torch.manual_seed(seed)
+    model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tokenizer), **profile.model),
+                                              tokenizer=tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mask_patch_embedding.weight"):
+                param.normal_(std=FRESH_MASK_EMBEDDING_STD)
+            elif name.endswith(("attn_factor", "mlp_factor")):
+                param.fill_(FRESH_GATE_VALUE)
+    return model
+
+
 def generate_captions(model: Any, samples: list[Any], max_new_tokens: int, global_only: bool = False,
                       batch_size: int = 32) -> list[str]:
     """Greedy caption per region with the model's default query.
@@ -219,7 +249,6 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
     """Build the tiny model for `profile` (or reuse the cached one); returns the model folder."""
     import torch
 
-    from dam_model.config import DAMConfig
     from dam_model.modeling import DescribeAnythingModel
     from dam_model.training import TrainConfig, train
 
@@ -244,9 +273,7 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
         model = DescribeAnythingModel.from_pretrained(str(init_dir), device="cpu", dtype=torch.float32)
     else:
         tokenizer = train_tiny_tokenizer(train_samples, profile.vocab_size, work / "tokenizer")
-        torch.manual_seed(profile.train["seed"])
-        model = DescribeAnythingModel.from_config(DAMConfig.tiny(vocab_size=len(tokenizer), **profile.model),
-                                                  tokenizer=tokenizer)
+        model = fresh_tiny_model(profile, tokenizer, seed=profile.train["seed"])
     cfg = TrainConfig(out_dir=str(work / "train"), **profile.train,
                       extra={"profile": profile.name, "cache_key": key, "train_seed": profile.train_seed,
                              "train_scenes": profile.train_scenes})
