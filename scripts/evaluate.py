@@ -1,6 +1,8 @@
 """Step 5 of the loop: candidate vs champion on the frozen validation split, with an HTML report and metrics.json.
 
-Both models caption every validation region (greedy decoding, same settings). Per model:
+Both models caption every validation region (greedy decoding, same settings): image regions with ``describe_batch``,
+video tracks (video_samples.jsonl) with ``describe_video`` on the track's frames and masks. Both kinds are pooled
+into one set of metrics (plus a ``video`` block with the video tracks alone when there are any). Per model:
 
 - ``bleu4``, ``rouge_l``, ``cider`` (CIDEr-D): against the human-corrected caption (dam_model.evaluation);
 - ``edit_effort``: annotators' effort, the mean normalised edit distance between the model's caption and the
@@ -11,7 +13,8 @@ Both models caption every validation region (greedy decoding, same settings). Pe
 THE PROMOTION SCORE (``score``, higher is better) is ``dlc_average`` when at least one validation region has
 attributes, otherwise ``cider``. ``score_name`` says which; both models are always scored the same way.
 
-Outputs in ``--out``: ``metrics.json`` ({score_name, candidate: {...}, champion: {...}, n_val, per_sample: [...]}) and
+Outputs in ``--out``: ``metrics.json`` ({score_name, candidate: {...}, champion: {...}, n_val, n_val_video,
+per_sample: [...]}) and
 ``report.html`` (self-contained: the metrics table, then sample regions as inline base64 PNGs with the mask overlaid,
 the human caption and both models' captions).
 
@@ -55,13 +58,31 @@ HIGHER_IS_BETTER = {"bleu4": True, "rouge_l": True, "cider": True, "edit_effort"
                     "dlc_positive": True, "dlc_negative": True, "dlc_average": True, "mean_confidence": True}
 
 
+def is_video(row: dict[str, Any]) -> bool:
+    """A video track row (video_samples.jsonl) rather than an image region."""
+    return row.get("kind") == "video"
+
+
+def load_val_rows(dataset_dir: Path, max_samples: int | None = None) -> list[dict[str, Any]]:
+    """Human-captioned validation rows: image regions first, then video tracks; max_samples caps each kind."""
+    from scripts.build import load_samples, load_video_samples
+
+    images = [r for r in load_samples(Path(dataset_dir), "val", include_pseudo=False) if r.get("source", "human") == "human"]
+    videos = [{**r, "kind": "video"} for r in load_video_samples(Path(dataset_dir), "val")
+              if r.get("source", "human") == "human"]
+    if max_samples:
+        images, videos = images[:max_samples], videos[:max_samples]
+    return images + videos
+
+
 def caption_all(model_dir: str | Path, rows: list[dict[str, Any]], device: str, max_new_tokens: int,
                 batch_regions: int = 16) -> list[Any]:
-    """Greedy captions (Caption objects) of every row, in row order; regions of one image share a describe call."""
+    """Greedy captions (Caption objects) of every row, in row order; regions of one image share a describe call,
+    a video track is one describe_video call on its frames and masks."""
     import torch
 
     from dam_model.modeling import DescribeAnythingModel
-    from scripts.build import read_image, read_mask
+    from scripts.build import read_image, read_mask, read_video_sample
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,10 +90,15 @@ def caption_all(model_dir: str | Path, rows: list[dict[str, Any]], device: str, 
     model.eval()
     by_image: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
-        by_image.setdefault(row["image_path"], []).append(index)
+        if not is_video(row):
+            by_image.setdefault(row["image_path"], []).append(index)
     out: list[Any] = [None] * len(rows)
     groups = list(by_image.items())
     with torch.inference_mode():
+        for index, row in enumerate(rows):
+            if is_video(row):
+                frames, masks = read_video_sample(row)
+                out[index] = model.describe_video(frames, masks, max_new_tokens=max_new_tokens, temperature=0.0)
         start = 0
         while start < len(groups):  # several images per generate call, about batch_regions regions
             chunk, regions = [], 0
@@ -158,21 +184,51 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, max_side: int = 256) -> str
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_report(path: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], n_samples: int) -> None:
-    """Self-contained HTML: metrics table + up to n_samples regions (inline PNG overlays, three captions)."""
+def row_picture(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) shown for a row: the region's image, or a video track's middle sampled frame."""
     from scripts.build import read_image, read_mask
 
-    names = [k for k in HIGHER_IS_BETTER if k in metrics["candidate"]] + ["score"]
-    table = "".join(
+    if is_video(row):
+        middle = len(row["frame_paths"]) // 2
+        return read_image(row["frame_paths"][middle]), read_mask(row["mask_paths"][middle])
+    return read_image(row["image_path"]), read_mask(row["mask_path"])
+
+
+def report_rows(rows: list[dict[str, Any]], n_samples: int) -> list[int]:
+    """Indices of the rows shown in the report: the first ones of each kind, up to half of n_samples for video
+    tracks when there are image regions too (the rest filled by whichever kind has more), in row order."""
+    videos = [i for i, row in enumerate(rows) if is_video(row)]
+    images = [i for i, row in enumerate(rows) if not is_video(row)]
+    n_videos = min(len(videos), n_samples // 2 if images else n_samples)
+    n_images = min(len(images), n_samples - n_videos)
+    n_videos = min(len(videos), n_samples - n_images)
+    return sorted(images[:n_images] + videos[:n_videos])
+
+
+def _metrics_table(champion: dict[str, Any], candidate: dict[str, Any], names: list[str]) -> str:
+    rows = "".join(
         f"<tr><td>{html.escape(name)}{'' if HIGHER_IS_BETTER.get(name, True) else ' (lower is better)'}</td>"
-        f"<td>{metrics['champion'].get(name, float('nan')):.4f}</td><td>{metrics['candidate'].get(name, float('nan')):.4f}</td></tr>"
+        f"<td>{champion.get(name, float('nan')):.4f}</td><td>{candidate.get(name, float('nan')):.4f}</td></tr>"
         for name in names
     )
+    return f"<table><tr><th>metric</th><th>champion</th><th>candidate</th></tr>{rows}</table>"
+
+
+def write_report(path: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], n_samples: int) -> None:
+    """Self-contained HTML: metrics table(s) + up to n_samples regions (inline PNG overlays, three captions)."""
+    names = [k for k in HIGHER_IS_BETTER if k in metrics["candidate"]] + ["score"]
+    table = _metrics_table(metrics["champion"], metrics["candidate"], names)
+    if "video" in metrics["candidate"]:
+        video = metrics["candidate"]["video"]
+        table += (f"<h2>Video tracks alone ({metrics.get('n_val_video', 0)})</h2>"
+                  + _metrics_table(metrics["champion"]["video"], video, [k for k in HIGHER_IS_BETTER if k in video]))
     cards = []
-    for row, sample in list(zip(rows, metrics["per_sample"]))[:n_samples]:
-        picture = overlay_png(read_image(row["image_path"]), read_mask(row["mask_path"]))
+    for index in report_rows(rows, n_samples):
+        row, sample = rows[index], metrics["per_sample"][index]
+        picture = overlay_png(*row_picture(row))
+        label = "video track" if is_video(row) else "region"
         cards.append(
-            f'<div class="card"><img alt="region {html.escape(row["id"])}" src="data:image/png;base64,{picture}">'
+            f'<div class="card"><img alt="{label} {html.escape(row["id"])}" src="data:image/png;base64,{picture}">'
             f'<dl><dt>human</dt><dd>{html.escape(row["caption"])}</dd>'
             f'<dt>champion</dt><dd>{html.escape(sample["champion_caption"])}</dd>'
             f'<dt>candidate</dt><dd>{html.escape(sample["candidate_caption"])}</dd></dl></div>'
@@ -183,10 +239,10 @@ def write_report(path: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
 .card{{display:inline-block;vertical-align:top;width:300px;margin:8px;border:1px solid #ddd;padding:6px}}dt{{font-weight:bold}}</style>
 </head><body>
 <h1>Candidate vs champion</h1>
-<p>Validation regions: {metrics['n_val']}. Promotion score: <b>{html.escape(metrics['score_name'])}</b>
+<p>Validation regions: {metrics['n_val']} ({metrics.get('n_val_video', 0)} video tracks). Promotion score: <b>{html.escape(metrics['score_name'])}</b>
 (champion {metrics['champion']['score']:.4f}, candidate {metrics['candidate']['score']:.4f}).</p>
 <p>champion: {html.escape(metrics['champion']['model'])}<br>candidate: {html.escape(metrics['candidate']['model'])}</p>
-<table><tr><th>metric</th><th>champion</th><th>candidate</th></tr>{table}</table>
+{table}
 <h2>Samples</h2>
 {''.join(cards)}
 </body></html>
@@ -206,23 +262,25 @@ def evaluate(
     report_samples: int = 12,
     judge: str = "rule",
 ) -> dict[str, Any]:
-    """Score both models on the dataset's validation split; write metrics.json and report.html into out_dir."""
-    from scripts.build import load_samples
-
-    rows = load_samples(Path(dataset_dir), "val", include_pseudo=False)
-    rows = [r for r in rows if r.get("source", "human") == "human"]
-    if max_samples:
-        rows = rows[:max_samples]
+    """Score both models on the dataset's validation split (image regions and video tracks); write metrics.json and
+    report.html into out_dir."""
+    rows = load_val_rows(Path(dataset_dir), max_samples)
     if not rows:
         raise NoSamples(f"{dataset_dir} has no validation samples")
-    metrics: dict[str, Any] = {"evaluated_at": utc_iso(), "n_val": len(rows), "dataset": str(dataset_dir)}
+    videos = [i for i, row in enumerate(rows) if is_video(row)]
+    metrics: dict[str, Any] = {"evaluated_at": utc_iso(), "n_val": len(rows), "n_val_video": len(videos),
+                               "dataset": str(dataset_dir)}
     per_model: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {}
     judge_impl = make_judge(judge)
     for role, model_dir in (("champion", champion), ("candidate", candidate)):
         log.info("captioning %d validation regions with the %s (%s)", len(rows), role, model_dir)
         captions = caption_all(model_dir, rows, device, max_new_tokens)
         texts = [c.text for c in captions]
-        scores, samples = score_captions(rows, texts, [float(c.confidence) for c in captions], judge_impl)
+        confidences = [float(c.confidence) for c in captions]
+        scores, samples = score_captions(rows, texts, confidences, judge_impl)
+        if videos:  # the video tracks alone, for the report (the promotion score pools both kinds)
+            scores["video"], _ = score_captions([rows[i] for i in videos], [texts[i] for i in videos],
+                                                [confidences[i] for i in videos], judge_impl)
         per_model[role] = (scores, samples, texts)
     # Score the same way for both: the judge runs on the same rows for both models.
     score_name, _ = promotion_score(per_model["candidate"][0])
@@ -233,6 +291,7 @@ def evaluate(
     metrics["per_sample"] = [
         {
             "id": row["id"],
+            "kind": "video" if is_video(row) else "image",
             "task_id": row.get("task_id"),
             "human_caption": row["caption"],
             "champion_caption": per_model["champion"][2][i],
@@ -252,7 +311,7 @@ def evaluate(
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("evaluation")
     g.add_argument("--eval-max-samples", type=int, default=env_int("EVAL_MAX_SAMPLES", None),
-                   help="cap on validation regions (env EVAL_MAX_SAMPLES; default all)")
+                   help="cap on validation image regions, and separately on video tracks (env EVAL_MAX_SAMPLES; default all)")
     g.add_argument("--eval-max-new-tokens", type=int, default=env_int("EVAL_MAX_NEW_TOKENS", 64), help="caption length limit (tokens)")
     g.add_argument("--report-samples", type=int, default=12, help="sample regions shown in report.html")
     g.add_argument("--judge", choices=["rule", "chat"], default=env_default("DLC_JUDGE", "rule"),

@@ -1,6 +1,8 @@
 """Step 4 of the loop: fine-tune the serving checkpoint on a built dataset with the shared module dam_model.training.
 
 - Starts from ``--init`` (default: the version current.json points at under MODELS_ROOT).
+- Trains on the train split's image regions (samples.jsonl, + pseudo labels) and video tracks (video_samples.jsonl:
+  each track's frames and masks go through the model's video query, as describe_video sees them).
 - Full fine-tuning, or LoRA on the LLM (``--lora-rank R``, peft; merged into the weights on save).
 - ``--trainable`` picks the parts that learn: llm, projector, adapters (focal cross-attention + MLP + gates),
   vision, mask_embedding.
@@ -14,9 +16,13 @@
 Usage::
 
     python -m scripts.train --work-root loop_work --max-steps 200             # single process (CPU or one GPU)
+    accelerate launch --num_processes 4 scripts/train.py --work-root loop_work --max-steps 200     # 4 GPUs
+    torchrun --nproc_per_node 4 -m scripts.train --work-root loop_work --max-steps 200            # the same
 
-Several GPUs: ``accelerate launch -m scripts.train ...`` is accepted only once dam_model.training supports
-distributed data parallel; until then a multi-process launch stops with exit code 2 (see ``check_world_size``).
+Several processes (the launcher sets WORLD_SIZE, RANK, LOCAL_RANK): data-parallel training, one GPU per process
+(cuda:LOCAL_RANK, nccl; gloo on CPU). ``--batch-size`` is per process: a step's global batch is batch size x
+grad accum x processes. Rank 0 alone writes the output folder and prints the candidate line. The default output
+folder's name includes the number of processes (when more than one), so a re-run resumes only with as many.
 """
 from __future__ import annotations
 
@@ -30,7 +36,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scripts.loop_common import (
+if __package__ in (None, ""):  # run as a file (accelerate launch scripts/train.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.loop_common import (  # noqa: E402
     EXIT_FAILURE,
     EXIT_PROMOTED,
     BadArguments,
@@ -62,13 +71,14 @@ PART_FLAGS = {
 DEFAULT_TRAINABLE = "llm,projector,adapters,mask_embedding"
 
 
-def check_world_size() -> None:
-    """Refuse a multi-process launch: dam_model.training runs one process (every rank would train alone)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        raise BadArguments(
-            f"WORLD_SIZE={world}: dam_model.training has no distributed data parallel yet; run one process per machine"
-        )
+def world_size() -> int:
+    """Processes of this training run (WORLD_SIZE, set by torchrun / accelerate launch; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def process_rank() -> int:
+    """This process's rank (RANK, set by the launcher; 0 without one). Rank 0 reports, the others stay quiet."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def parse_trainable(text: str) -> dict[str, bool]:
@@ -114,13 +124,34 @@ def load_split(dataset_dir: Path, split: str, include_pseudo: bool = True) -> li
     return out
 
 
-def default_out_dir(work_root: Path, dataset_dir: Path, init: Path | str, config: dict[str, Any]) -> Path:
-    """Stable per (dataset + pseudo labels, start model, config) so a re-run after a crash resumes, not restarts."""
+def load_video_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
+    """Training dicts {kind "video", frames [HxWx3 uint8], masks [HxW bool], caption, ...} of one split's video
+    tracks (video_samples.jsonl; [] when the dataset has none). Tracks of one video share their decoded frames."""
+    from scripts.build import load_video_samples, read_image, read_mask
+
+    frames: dict[str, Any] = {}
+    out = []
+    for row in load_video_samples(dataset_dir, split):
+        for path in row["frame_paths"]:
+            if path not in frames:
+                frames[path] = read_image(path)
+        out.append({**row, "kind": "video", "frames": [frames[p] for p in row["frame_paths"]],
+                    "masks": [read_mask(p) for p in row["mask_paths"]]})
+    return out
+
+
+def default_out_dir(work_root: Path, dataset_dir: Path, init: Path | str, config: dict[str, Any],
+                    processes: int = 1) -> Path:
+    """Stable per (dataset + pseudo labels, start model, config, number of processes when > 1) so a re-run after a
+    crash resumes, not restarts (a checkpoint resumes only with the number of processes that wrote it)."""
     stable = {k: v for k, v in config.items() if k not in ("out_dir", "resume", "progress", "device", "num_threads", "extra")}
     init_id = str(Path(init).resolve()) if Path(init).exists() else str(init)
     pseudo = dataset_dir / "pseudo.jsonl"
     pseudo_id = hashlib.sha256(pseudo.read_bytes()).hexdigest() if pseudo.exists() else None
-    digest = hashlib.sha256(json.dumps([str(dataset_dir.resolve()), init_id, pseudo_id, stable], sort_keys=True).encode())
+    key: list[Any] = [str(dataset_dir.resolve()), init_id, pseudo_id, stable]
+    if processes > 1:
+        key.append({"world_size": processes})
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     return Path(work_root) / "train" / f"{dataset_dir.name}-{digest.hexdigest()[:10]}"
 
 
@@ -128,15 +159,16 @@ def run(args: argparse.Namespace) -> Path:
     """Train and return the final model folder."""
     from dam_model.training import TrainConfig, train
 
-    check_world_size()
     work_root = Path(args.work_root)
     dataset_dir = Path(args.dataset) if args.dataset else latest_dataset_dir(work_root)
     if not (dataset_dir / "dataset.json").exists():
         raise BadArguments(f"{dataset_dir} is not a built dataset (no dataset.json): run scripts.build")
     init = resolve_init(args.init, args.models_root)
     train_rows = load_split(dataset_dir, "train", include_pseudo=not args.no_pseudo)
+    train_videos = load_video_split(dataset_dir, "train")
     val_rows = load_split(dataset_dir, "val", include_pseudo=False) if args.val_loss else []
-    if not train_rows:
+    val_videos = load_video_split(dataset_dir, "val") if args.val_loss else []
+    if not train_rows and not train_videos:
         raise NoSamples(f"{dataset_dir} has no training samples")
     dataset_info = read_json(dataset_dir / "dataset.json")
     fields: dict[str, Any] = {
@@ -159,7 +191,7 @@ def run(args: argparse.Namespace) -> Path:
         "progress": not args.no_progress,
         **parse_trainable(args.trainable),
     }
-    out_dir = Path(args.out) if args.out else default_out_dir(work_root, dataset_dir, init, fields)
+    out_dir = Path(args.out) if args.out else default_out_dir(work_root, dataset_dir, init, fields, world_size())
     fields["out_dir"] = str(out_dir)
     fields["extra"] = {
         "snapshot_id": dataset_info.get("snapshot_id"),
@@ -167,14 +199,17 @@ def run(args: argparse.Namespace) -> Path:
         "dataset_counts": dataset_info.get("counts", {}),
         "init_model": str(init),
         "pseudo_samples": sum(r.get("source") == "pseudo" for r in train_rows),
+        "video_samples": len(train_videos),
         "loop_git_commit": git_commit(),
     }
     try:
         cfg = TrainConfig.from_dict(fields)
     except (TypeError, ValueError) as exc:
         raise BadArguments(str(exc)) from exc
-    log.info("training from %s on %d samples (%d val) into %s", init, len(train_rows), len(val_rows), out_dir)
-    final = Path(train(cfg, train_rows, val_rows or None, init_model=str(init)))
+    log.info("training from %s on %d image regions + %d video tracks (val %d + %d) into %s, %d process(es)", init,
+             len(train_rows), len(train_videos), len(val_rows), len(val_videos), out_dir, world_size())
+    val = val_rows + val_videos
+    final = Path(train(cfg, train_rows + train_videos, val or None, init_model=str(init)))
     log.info("candidate written to %s", final)
     return final
 
@@ -189,7 +224,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=positive_int, default=env_int("TRAIN_MAX_STEPS", None), help="optimizer steps (env TRAIN_MAX_STEPS)")
     g.add_argument("--epochs", type=float, default=env_float("TRAIN_EPOCHS", 1.0), help="passes when --max-steps is unset (env TRAIN_EPOCHS)")
     g.add_argument("--lr", type=float, default=env_float("TRAIN_LR", 1e-4), help="peak learning rate (env TRAIN_LR)")
-    g.add_argument("--batch-size", type=positive_int, default=env_int("TRAIN_BATCH_SIZE", 8), help="regions per micro-batch (env TRAIN_BATCH_SIZE)")
+    g.add_argument("--batch-size", type=positive_int, default=env_int("TRAIN_BATCH_SIZE", 8), help="regions (or video tracks) per micro-batch and process (env TRAIN_BATCH_SIZE)")
     g.add_argument("--grad-accum-steps", type=positive_int, default=env_int("TRAIN_GRAD_ACCUM", 1), help="micro-batches per step (env TRAIN_GRAD_ACCUM)")
     g.add_argument("--warmup-steps", type=int, default=env_int("TRAIN_WARMUP_STEPS", 0), help="linear warm-up steps")
     g.add_argument("--seed", type=int, default=env_int("TRAIN_SEED", 0), help="data order / augmentation seed")
@@ -229,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    main_process = process_rank() == 0
+    if not main_process:  # the other ranks of a multi-process launch: warnings and errors only
+        log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     try:
         final = run(args)
     except LoopError as exc:
@@ -237,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("training failed")
         return EXIT_FAILURE
-    print(json.dumps({"candidate": str(final)}))
+    if main_process:
+        print(json.dumps({"candidate": str(final)}))
     return EXIT_PROMOTED
 
 
