@@ -255,9 +255,6 @@ class VideoTrainingSample:
             raise ValueError("caption is empty")
 
 
-AnySample = TrainingSample | VideoTrainingSample
-
-
 def as_training_sample(obj: Any) -> TrainingSample | VideoTrainingSample:
     """Accept a TrainingSample / VideoTrainingSample, a dict, or any object with caption fields and either
     image/mask (an image region) or frames/masks (a video track; also chosen by ``kind == "video"``).
