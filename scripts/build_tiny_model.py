@@ -19,6 +19,7 @@ eval_report.json, build.json.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -249,12 +250,23 @@ def build(profile: Profile, out: Path | None = None, force: bool = False) -> Pat
     """Build the tiny model for `profile` (or reuse the cached one); returns the model folder."""
     import torch
 
-    from dam_model.modeling import DescribeAnythingModel
-    from dam_model.training import TrainConfig, train
-
     torch.set_num_threads(2)
     key = cache_key(profile)
     target = out if out is not None else cache_root() / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes building the same key (two test sessions, a test run beside the demo) would share the work
+    # folder and delete it under each other: the second waits here, then finds the first one's build cached.
+    with open(target.parent / f".lock-{target.name}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(profile, key, target, out, force)
+
+
+def _build_locked(profile: Profile, key: str, target: Path, out: Path | None, force: bool) -> Path:
+    import torch
+
+    from dam_model.modeling import DescribeAnythingModel
+    from dam_model.training import TrainConfig, train
+
     model_dir = target / "model"
     if (target / "build.json").is_file() and not force:
         print(f"tiny model ({profile.name}) cached: {model_dir}")
