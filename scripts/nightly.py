@@ -168,8 +168,10 @@ def run(args: argparse.Namespace, run_dir: Path) -> tuple[int, dict[str, Any]]:
     counts = read_json(dataset / "dataset.json")["counts"]
     summary["steps"]["build"] = {"dataset": str(dataset), **counts}
     timings["build"] = round(time.time() - t, 2)
-    if counts["train"] == 0 or counts["val"] == 0:
-        raise NoSamples(f"dataset {dataset} has {counts['train']} training and {counts['val']} validation samples")
+    n_train = counts["train"] + counts.get("video_train", 0)  # image regions + video tracks
+    n_val = counts["val"] + counts.get("video_val", 0)
+    if n_train == 0 or n_val == 0:
+        raise NoSamples(f"dataset {dataset} has {n_train} training and {n_val} validation samples (images + videos)")
 
     champion = champion_dir(args.models_root)
     init = resolve_init(args.init, args.models_root)  # --init, else the champion, else INIT_MODEL
