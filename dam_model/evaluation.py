@@ -422,6 +422,17 @@ class Report:
     regions: list[RegionScore] = field(default_factory=list, repr=False)
     caption_metrics: dict[str, float] = field(default_factory=dict)
 
+    def positive_outcomes(self) -> dict[str, dict[str, float]]:
+        """Per attribute, the share of positive questions answered correct / not mentioned / wrong (before the
+        recognition gate): says WHICH attribute a captioner misses, which the three scores cannot."""
+        table: dict[str, dict[str, float]] = {}
+        for attribute in ATTRIBUTE_NOUNS:
+            outcomes = [v.outcome for r in self.regions for v in r.verdicts
+                        if v.question.kind == "positive" and v.question.attribute == attribute]
+            if outcomes:
+                table[attribute] = {o: outcomes.count(o) / len(outcomes) for o in OUTCOMES}
+        return table
+
     def to_dict(self, include_regions: bool = False) -> dict[str, Any]:
         result = {
             "positive": self.positive, "negative": self.negative, "average": self.average, "by_size": self.by_size,
@@ -430,6 +441,8 @@ class Report:
         }
         if self.caption_metrics:
             result["caption_metrics"] = self.caption_metrics
+        if self.regions:
+            result["positive_outcomes"] = self.positive_outcomes()
         if include_regions:
             result["regions"] = [r.to_dict() for r in self.regions]
         return result

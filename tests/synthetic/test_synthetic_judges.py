@@ -123,3 +123,12 @@ def test_question_choices_are_dlc_style():
     question = Question("positive", "color", "red")
     assert [outcome for _, outcome in question.choices()] == [CORRECT, NOT_MENTIONED, WRONG]
     assert Question("negative", "shape", "star").text == "Does the description say that the object is a star?"
+
+
+def test_positive_outcomes_name_the_missed_attribute():
+    caption = "A small blue circle in the top left of the image."  # right shape/size/position, wrong colour, no context
+    report = evaluate_captions([caption], [RED_CIRCLE], RuleJudge()).to_dict()
+    outcomes = report["positive_outcomes"]
+    assert outcomes["shape"][CORRECT] == outcomes["size"][CORRECT] == outcomes["position"][CORRECT] == 1.0
+    assert outcomes["color"][WRONG] == 1.0 and outcomes["context"][NOT_MENTIONED] == 1.0
+    assert "motion" not in outcomes
