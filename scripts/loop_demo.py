@@ -1,7 +1,7 @@
 """Acceptance measurement of the self-training loop: one nightly round on N corrected annotations raises the serving
 model's DLC-style average on a synthetic seed it never trained on.
 
-    python -m scripts.loop_demo [--n-scenes 150] [--max-steps 300] [--start DIR] [--work DIR]
+    python -m scripts.loop_demo [--n-scenes 400] [--max-steps 600] [--start DIR] [--work DIR]
 
 Steps:
 1. start model = ``--start`` (default: the ci-profile tiny DAM of scripts.build_tiny_model, a weak model) promoted as
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", type=Path, help="weak start model (default: the ci-profile tiny DAM, built if missing)")
     parser.add_argument("--work", type=Path, default=Path("loop_demo_work"), help="work folder (wiped parts are not reused)")
-    parser.add_argument("--n-scenes", type=int, default=150, help="corrected annotations (one per scene)")
+    parser.add_argument("--n-scenes", type=int, default=400, help="corrected annotations (one per scene)")
     parser.add_argument("--train-seed", type=int, default=4242)
     parser.add_argument("--eval-seed", type=int, default=777)
     parser.add_argument("--eval-scenes", type=int, default=40)
-    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--endpoint-url", help="existing S3 endpoint (default: start a moto server process)")
