@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,39 +28,6 @@ from bk_helpers import FakeDAM
 KEY_ID = "models-test-key-id"
 SECRET = "models-test-secret-value-never-logged"
 PREFIX = "dam-models"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A moto S3 server PROCESS (same pattern as tests/loop/conftest.py), stopped after this module."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("moto server exited at start")
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -262,13 +226,13 @@ def test_missing_or_unfinished_version_keeps_the_old_model_and_is_retried(make_s
 
 
 def test_unreachable_bucket_keeps_serving_and_never_leaks_the_secret(make_settings, tmp_path, s3_env, root, logs,
-                                                                   random_dam_dir):
+                                                                   random_dam_dir, unused_port):
     from scripts.promote import promote
 
     promote(root, random_dam_dir, version="v1")
     store = ModelStore(s3_settings(make_settings, tmp_path, root, s3_env), loader=FakeLoader())
     assert store.get().model.tag == "v1"
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{unused_port}"
     store.s3.client = make_client(dead)
     assert store.check_pointer() is False and store.get().model.tag == "v1"
     assert "pointer unreadable, keeping v1" in logs.text

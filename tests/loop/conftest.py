@@ -1,15 +1,13 @@
 """Fixtures of the loop tests: a moto S3 server PROCESS on 127.0.0.1 and Label Studio export objects.
 
-The moto server is started once per session (``python -m moto.server -H 127.0.0.1 -p <free port>``) and stopped at
-the end; each test gets its own bucket. Credentials are dummy values set in the environment.
+The moto server process is the session fixture ``moto_endpoint`` of tests/conftest.py; each test gets its own
+bucket. Credentials are dummy values set in the environment.
 """
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -19,41 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY_ID = "loop-test-key-id"
 TEST_SECRET = "loop-test-secret-value-never-logged"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> str:
-    """URL of a moto S3 server process (stopped at the end of the session)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("moto server exited at start")
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture()
