@@ -192,6 +192,19 @@ def image_url(task_data: dict[str, Any], geometry: dict[str, Any], image_key: st
     raise ValueError("task data holds no image reference")
 
 
+def region_fields(record: Any, region: dict[str, Any], region_id: Any) -> dict[str, Any]:
+    """Where a sample comes from (same fields for image and video rows): category, labels, task/annotation/region
+    ids and the annotation's updated_at."""
+    return {
+        "category": region["labels"][0] if region["labels"] else None,
+        "labels": region["labels"],
+        "task_id": record.task_id,
+        "annotation_id": record.annotation.get("id"),
+        "region_id": region_id,
+        "updated_at": record.updated_at,
+    }
+
+
 def split_for(task_id: Any, val_fraction: float) -> str:
     """Sticky split: 'val' when sha256('task:<id>') maps below val_fraction, else 'train'. Never changes between runs."""
     bucket = int(hashlib.sha256(f"task:{task_id}".encode()).hexdigest()[:8], 16) / 2**32
@@ -423,12 +436,7 @@ class VideoSampleWriter:
             "num_frames": count,
             "width": video.width,
             "height": video.height,
-            "category": region["labels"][0] if region["labels"] else None,
-            "labels": region["labels"],
-            "task_id": record.task_id,
-            "annotation_id": record.annotation.get("id"),
-            "region_id": region_id,
-            "updated_at": record.updated_at,
+            **region_fields(record, region, region_id),
             "key": record.key,
         }
         return row, f"{video.digest}-{track_hash}"
@@ -475,8 +483,6 @@ def build_dataset(
         log.info("dataset %s already built", out_dir)
         return out_dir
     fetch_image = fetch_image or default_fetcher(local_files_root)
-
-    from PIL import Image
 
     staging = out_dir.parent / f".staging-{out_dir.name}-{os.getpid()}"
     scratch = out_dir.parent / f".scratch-{out_dir.name}-{os.getpid()}"
@@ -570,12 +576,7 @@ def _build(work_root: Path, snapshot_id: str, out_dir: Path, staging: Path, val_
                     "id": sample_id,
                     "image": f"images/{image_hash[:16]}.png",
                     "mask": f"masks/{sample_id}.png",
-                    "category": region["labels"][0] if region["labels"] else None,
-                    "labels": region["labels"],
-                    "task_id": record.task_id,
-                    "annotation_id": record.annotation.get("id"),
-                    "region_id": region_id,
-                    "updated_at": record.updated_at,
+                    **region_fields(record, region, region_id),
                     "split": split_for(record.task_id, val_fraction),
                     "width": width,
                     "height": height,
