@@ -131,3 +131,84 @@ def test_command_line_writes_images_tasks_and_both_formats(tmp_path):
     assert ex.main(["--seed", "7", "--n", "2", "--out", str(plain), "--no-attributes"]) == 0
     assert all(set(t["data"]) == {"image"} for t in json.loads((plain / "tasks.json").read_text()))
     assert "attributes" not in json.loads((plain / "export" / "1").read_text())["task"]["data"]
+
+
+# ----------------------------------------------------------------------------------------------- videos
+def _check_video_result(video, result, captions):
+    """Per object: a videorectangle track with one enabled keyframe per frame (1-based) holding the box of that
+    frame's mask in percent, then the textarea caption with the same id (label_config/video.xml's names)."""
+    assert len(result) == 2 * len(video.objects)
+    n_frames, height, width = video.frames.shape[:3]
+    assert [item["id"] for item in result[::2]] == ex.video_region_ids(video)
+    for k, obj in enumerate(video.objects):
+        track, text = result[2 * k], result[2 * k + 1]
+        assert track["type"] == "videorectangle" and text["type"] == "textarea" and track["id"] == text["id"]
+        assert (track["from_name"], text["from_name"], track["to_name"]) == ("track", "caption", "video")
+        assert uuid.UUID(track["id"]).version == 4
+        value = track["value"]
+        assert value["framesCount"] == n_frames and value["duration"] == n_frames / 25 and value["labels"] == ["object"]
+        assert [key["frame"] for key in value["sequence"]] == list(range(1, n_frames + 1))
+        for key, mask in zip(value["sequence"], obj.masks):
+            ys, xs = np.nonzero(mask)
+            assert key["enabled"] is True and key["rotation"] == 0 and key["time"] == round((key["frame"] - 1) / 25, 6)
+            assert key["x"] * width / 100 == pytest.approx(xs.min()) and key["y"] * height / 100 == pytest.approx(ys.min())
+            assert (key["x"] + key["width"]) * width / 100 == pytest.approx(xs.max() + 1)
+            assert (key["y"] + key["height"]) * height / 100 == pytest.approx(ys.max() + 1)
+        assert text["value"] == {"text": [captions[k]]}
+
+
+def test_video_export_both_formats():
+    from dam_model.synthetic import generate_video
+
+    videos = [generate_video(9, index, num_frames=6) for index in range(3)]
+    for fmt, key in (("annotation", "ls/1"), ("task", "ls/1.json")):
+        objects = ex.export_video_objects(videos, fmt, prefix="ls", with_model_captions=(fmt == "task"))
+        assert sorted(objects) == sorted(key.replace("1", str(i)) for i in (1, 2, 3))
+        export = json.loads(objects[key])
+        task = export["task"] if fmt == "annotation" else export
+        annotation = export if fmt == "annotation" else export["annotations"][0]
+        assert task["data"]["video"] == f"videos/{videos[0].scene_id}.mkv"
+        assert task["data"]["attributes"] == ex.video_attributes(videos[0])
+        assert [r["motion"] for r in task["data"]["attributes"].values()] == [o.attributes["motion"] for o in videos[0].objects]
+        assert task["meta"]["synthetic"] == {"seed": 9, "index": 0, "scene_id": videos[0].scene_id, "num_frames": 6}
+        _check_video_result(videos[0], annotation["result"], [o.long_caption for o in videos[0].objects])
+        if fmt == "task":
+            (prediction,) = export["predictions"]
+            assert annotation["parent_prediction"] == prediction["id"]
+            _check_video_result(videos[0], prediction["result"], ex.video_model_captions(videos[0]))
+    plain = json.loads(ex.export_video_objects(videos[:1], with_attributes=False)["export/1"])
+    assert set(plain["task"]["data"]) == {"video"}
+    assert ex.export_video_objects(videos) == ex.export_video_objects(videos)
+    with pytest.raises(ValueError):
+        ex.export_video_objects(videos, "csv")
+
+
+def test_video_file_is_lossless_and_deterministic(tmp_path):
+    import av
+
+    from dam_model.synthetic import generate_video
+
+    video = generate_video(9, 1, num_frames=5)
+    data = ex.video_bytes(video.frames)
+    assert data == ex.video_bytes(video.frames)  # bit-exact muxing
+    ex.write_video(tmp_path / "sub" / "clip.mkv", video.frames)
+    assert (tmp_path / "sub" / "clip.mkv").read_bytes() == data
+    with av.open(str(tmp_path / "sub" / "clip.mkv")) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(decoded) == 5 and all(np.array_equal(a, b) for a, b in zip(decoded, video.frames))
+    with pytest.raises(ValueError):
+        ex.video_bytes(video.frames.astype(np.float32))
+
+
+def test_command_line_writes_videos_tasks_and_both_formats(tmp_path):
+    code = ex.main(["--kind", "video", "--seed", "4", "--n", "2", "--frames", "4", "--size", "64x64", "--out",
+                    str(tmp_path), "--format", "both", "--video-url-prefix", "/data/local-files/?d=synth/"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["synthetic-video-4-0.mkv", "synthetic-video-4-1.mkv"]
+    assert not (tmp_path / "images").exists()
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert [t["data"]["video"] for t in tasks] == [f"/data/local-files/?d=synth/synthetic-video-4-{i}.mkv" for i in (0, 1)]
+    annotation = json.loads((tmp_path / "export-annotation" / "2").read_text())
+    assert annotation["result"][0]["value"]["framesCount"] == 4
+    assert set(annotation["task"]["data"]["attributes"]) == {item["id"] for item in annotation["result"]}
+    assert sorted(p.name for p in (tmp_path / "export-task").iterdir()) == ["1.json", "2.json"]
