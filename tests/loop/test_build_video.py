@@ -20,6 +20,7 @@ from scripts.build import (
     read_video_sample,
     split_for,
 )
+from scripts.export_synthetic import write_video  # lossless FFV1: decoded frames equal the generator's pixels
 from scripts.loop_common import read_json, read_jsonl
 from scripts.pull import S3Source, make_s3_client, pull
 
@@ -29,21 +30,6 @@ N_FRAMES = 16
 WIDTH, HEIGHT = 96, 64
 TRACK_A = "2f0c6a43-8d5e-4b7a-9a51-0d6a1f3e7b21"
 TRACK_B = "9b1d2c77-41e0-4f3b-8c2a-5e7f6d4c3b10"
-
-
-def write_video(path: Path, frames: np.ndarray, rate: int = 25) -> None:
-    """A lossless FFV1 (Matroska) file: decoded frames equal the generator's pixels exactly."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def percent_box(mask: np.ndarray) -> dict[str, float]:
