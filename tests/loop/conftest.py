@@ -1,4 +1,5 @@
-"""Fixtures of the loop tests: a moto S3 server PROCESS on 127.0.0.1 and Label Studio export objects.
+"""Fixtures of the loop tests: a moto S3 server PROCESS on 127.0.0.1 and Label Studio export objects (synthetic
+scenes and synthetic videos).
 
 The moto server process is the session fixture ``moto_endpoint`` of tests/conftest.py; each test gets its own
 bucket. Credentials are dummy values set in the environment.
@@ -80,6 +81,22 @@ def synthetic_export(
     return export_objects(scenes, fmt, prefix=prefix, **kwargs)
 
 
+def synthetic_video_export(
+    media_root: Path, seed: int, n_videos: int, fmt: str = "annotation", prefix: str = "export", *,
+    num_frames: int = 16, **kwargs: Any
+) -> dict[str, bytes]:
+    """Label Studio target-storage objects of synthetic VIDEO tasks (label_config/video.xml), made by
+    scripts.export_synthetic: videos generate_video(seed, 0..n_videos - 1, num_frames) are written losslessly to
+    media_root/videos/ and referenced as "videos/<video id>.mkv"."""
+    from dam_model.synthetic import generate_video
+    from scripts.export_synthetic import export_video_objects, video_file_name, write_video
+
+    videos = [generate_video(seed, index, num_frames=num_frames) for index in range(n_videos)]
+    for video in videos:
+        write_video(media_root / "videos" / video_file_name(video), video.frames)
+    return export_video_objects(videos, fmt, prefix=prefix, **kwargs)
+
+
 @pytest.fixture()
 def media_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Let backend/media.py read the test images (and nothing else)."""
@@ -94,6 +111,14 @@ def media_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def export_factory(media_root: Path) -> Callable[..., dict[str, bytes]]:
     def make(seed: int, n_scenes: int, fmt: str = "annotation", **kwargs: Any) -> dict[str, bytes]:
         return synthetic_export(media_root, seed, n_scenes, fmt, **kwargs)
+
+    return make
+
+
+@pytest.fixture()
+def video_export_factory(media_root: Path) -> Callable[..., dict[str, bytes]]:
+    def make(seed: int, n_videos: int, fmt: str = "annotation", **kwargs: Any) -> dict[str, bytes]:
+        return synthetic_video_export(media_root, seed, n_videos, fmt, **kwargs)
 
     return make
 
