@@ -160,8 +160,8 @@ def _task(task_id: int, data: dict[str, Any], meta: dict[str, Any], index: int, 
     }
 
 
-def model_captions(scene: Scene) -> list[str]:
-    """Deterministic imperfect model captions for a scene's objects (see perturbed_caption)."""
+def model_captions(scene: Scene | VideoScene) -> list[str]:
+    """Deterministic imperfect model captions for the objects of a scene or a video (see perturbed_caption)."""
     rng = np.random.default_rng([scene.seed, scene.index, 3])
     return [perturbed_caption(obj.attributes, rng)[0] for obj in scene.objects]
 
@@ -379,16 +379,10 @@ def video_to_task(video: VideoScene, *, task_id: int, video_url: str, project: i
     return _task(task_id, data, meta, video.index, project)
 
 
-def video_model_captions(video: VideoScene) -> list[str]:
-    """Deterministic imperfect model captions for a video's objects (see perturbed_caption)."""
-    rng = np.random.default_rng([video.seed, video.index, 3])
-    return [perturbed_caption(obj.attributes, rng)[0] for obj in video.objects]
-
-
 def video_to_prediction(video: VideoScene, *, prediction_id: int, task_id: int, captions: Sequence[str] | None = None,
                         model_version: str = "synthetic-model", **result_kwargs: Any) -> dict[str, Any]:
-    """A stored prediction with model captions (default: video_model_captions(video))."""
-    captions = list(captions) if captions is not None else video_model_captions(video)
+    """A stored prediction with model captions (default: model_captions(video))."""
+    captions = list(captions) if captions is not None else model_captions(video)
     return _prediction(prediction_id, task_id, model_version,
                        video_to_result(video, captions, origin="prediction", **result_kwargs), video.index)
 

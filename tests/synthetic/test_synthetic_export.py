@@ -175,7 +175,7 @@ def test_video_export_both_formats():
         if fmt == "task":
             (prediction,) = export["predictions"]
             assert annotation["parent_prediction"] == prediction["id"]
-            _check_video_result(videos[0], prediction["result"], ex.video_model_captions(videos[0]))
+            _check_video_result(videos[0], prediction["result"], ex.model_captions(videos[0]))
     plain = json.loads(ex.export_video_objects(videos[:1], with_attributes=False)["export/1"])
     assert set(plain["task"]["data"]) == {"video"}
     assert ex.export_video_objects(videos) == ex.export_video_objects(videos)
