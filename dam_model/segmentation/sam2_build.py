@@ -76,14 +76,13 @@ def build_sam2_model(
     The memory-attention RoPE grid is resized to S/16 with it, and the state-dict keys and shapes do not
     depend on S, so a real checkpoint also loads at a reduced size (with a reduced-quality result).
     """
-    # deferred: heavy, optional (only SAM 2 users need them)
-    import torch
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    import torch  # deferred: heavy, optional (only SAM 2 users need torch, hydra, omegaconf and sam2)
+    from hydra import compose, initialize_config_module  # deferred: optional
+    from hydra.core.global_hydra import GlobalHydra  # deferred: optional
+    from hydra.utils import instantiate  # deferred: optional
+    from omegaconf import OmegaConf  # deferred: optional
 
-    import sam2  # noqa: F401  (importing sam2 registers its hydra config module)
+    import sam2  # noqa: F401  (deferred: heavy, optional; importing sam2 registers its hydra config module)
 
     canonical, config_path = resolve_config(config_name)
     overrides = [
