@@ -1,4 +1,4 @@
-"""Both segmenters satisfy the interfaces they implement (the backend relies on these, not on hasattr)."""
+"""Both segmenters satisfy the interfaces they implement, so callers can ask isinstance instead of hasattr."""
 from __future__ import annotations
 
 import ast
