@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dam_model.versions import POINTER_NAME, VERSIONS_DIR, parse_pointer
+
 from .errors import ModelUnavailable
-from .model_layout import POINTER_NAME, VERSIONS_DIR, parse_pointer
 from .s3_models import ModelSourceError, S3Models
 from .settings import Settings
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .model_layout import POINTER_NAME, REQUIRED_FILES, VERSION_RE, parse_s3_url, version_path
+from dam_model.versions import POINTER_NAME, REQUIRED_FILES, VERSION_RE, parse_s3_url, version_path
 
 log = logging.getLogger(__name__)
 

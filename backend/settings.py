@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .model_layout import parse_s3_url
+from dam_model.versions import parse_s3_url
 
 
 def _bool(name: str, raw: str) -> bool:

@@ -5,6 +5,7 @@ Heavy submodules load lazily: `from dam_model import DescribeAnythingModel` impo
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _EXPORTS = {
@@ -14,7 +15,7 @@ _EXPORTS = {
     "Caption": "generation", "GenerationSettings": "generation", "RELEASE_TEMPERATURE": "generation",
     "RELEASE_TOP_P": "generation", "RELEASE_MAX_NEW_TOKENS": "generation",
     "preprocess_regions": "focal", "focal_crop_box": "focal", "mask_box": "focal", "RegionBatch": "focal",
-    "select_video_frames": "focal",
+    "select_video_frames": "frames",
     "load_tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
     "IMAGE_TOKEN_ID": "prompt", "build_prompt": "prompt", "tokenize_prompt": "prompt",
     "encode_training_example": "prompt",
@@ -26,7 +27,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'dam_model' has no attribute {name!r}")

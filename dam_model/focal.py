@@ -11,10 +11,14 @@ Masks are drawn as 0/255 images and resized like the RGB, so mask channels take 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
+
+from .frames import select_video_frames  # noqa: F401  (re-exported: the one frame rule lives in frames.py)
 
 MIN_FOCAL_SIZE = 48  # pixels: the release enlarges smaller mask boxes to this before the 3x expansion
 
@@ -125,8 +129,7 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
     (bit-identical to the release's 3-channel mask resize, channel 0), plain-path regions reuse the full view,
     and the uint8 -> float conversion is a table lookup written straight into the batch tensor.
     """
-    import torch
-    from PIL import Image
+    import torch  # deferred: heavy; the box helpers here are numpy-only and imported without it
 
     rgb = to_rgb_array(image)
     height, width = rgb.shape[:2]
@@ -159,8 +162,6 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
 
     workers = 1 if workers is None else workers
     if workers > 1 and n > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
             list(pool.map(one_region, range(n)))
     else:
@@ -175,7 +176,7 @@ def preprocess_frames(frames: Sequence, masks: Sequence, size: int) -> RegionBat
     if len(frames) != len(masks):
         raise ValueError(f"{len(frames)} frames but {len(masks)} masks")
     parts = [preprocess_regions(f, [m], size) for f, m in zip(frames, masks)]
-    import torch
+    import torch  # deferred: heavy (see preprocess_regions)
 
     return RegionBatch(
         pixel_values=torch.cat([p.pixel_values for p in parts]),
@@ -184,22 +185,3 @@ def preprocess_frames(frames: Sequence, masks: Sequence, size: int) -> RegionBat
         mask_boxes=np.concatenate([p.mask_boxes for p in parts]),
         pixel_values_u8=np.concatenate([p.pixel_values_u8 for p in parts]),
     )
-
-
-def select_video_frames(masks: Sequence, num_frames: int = 8) -> list[int]:
-    """Indices of `num_frames` frames to describe, sampled uniformly among usable frames (non-empty mask).
-
-    Rule: with U usable frames (in order), pick usable[floor(k * U / num_frames)] for k = 0..num_frames-1 when
-    U < num_frames (uniform with repetition, order kept, e.g. U=5 -> positions 0,0,1,1,2,3,3,4), and
-    usable[round(k * (U - 1) / (num_frames - 1))] when U >= num_frames (uniform, first and last included).
-    U = 0 raises ValueError.
-    """
-    usable = [i for i, m in enumerate(masks) if np.asarray(m).any()]
-    count = len(usable)
-    if count == 0:
-        raise ValueError("no usable frame: every frame's mask is empty")
-    if count < num_frames:
-        return [usable[(k * count) // num_frames] for k in range(num_frames)]
-    if num_frames == 1:
-        return [usable[0]]
-    return [usable[int(np.floor(k * (count - 1) / (num_frames - 1) + 0.5))] for k in range(num_frames)]

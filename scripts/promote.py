@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from backend.model_layout import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
+from dam_model.versions import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
 from scripts.loop_common import (
     EXIT_FAILURE,
     EXIT_NOT_BETTER,

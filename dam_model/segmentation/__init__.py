@@ -1,27 +1,26 @@
 """Segmentation for DAM: clicks and boxes -> masks, video masklets, automatic masks.
 
-- `Sam2Segmenter` (SAM 2.1 through the `sam2` package) with an image-embedding cache;
+- `Sam2Segmenter` (SAM 2.1 through the `sam2` package) with an image-embedding cache; `build_sam2_model` and the
+  config names live in sam2_build.py;
 - `RegionGrowSegmenter`, a classical colour region-growing fallback for machines without SAM 2 weights;
-- `build_segmenter(kind="sam2" | "region", **kw)` picks one; `sample_frames` picks DAM's video frames.
+- the interfaces `Segmenter`, `VideoSegmenter` and `AutoMaskSegmenter` (types.py) say what a segmenter can do;
+- `build_segmenter(kind="sam2" | "region", **kw)` picks one; `sample_frames` (dam_model/frames.py) picks DAM's
+  video frames.
 Importing this package is cheap: torch and sam2 load when a SAM 2 segmenter is built.
 """
 from __future__ import annotations
 
 from typing import Any, Union
 
+from ..frames import sample_frames
 from .cache import CacheStats, EmbeddingCache, image_key
 from .region_grow import RegionGrowSegmenter
-from .sam2_segmenter import (
-    CheckpointMismatchError,
-    ImageEmbedding,
-    Sam2Segmenter,
-    build_sam2_model,
-    load_checkpoint_strict,
-    resolve_config,
-    valid_config_names,
+from .sam2_build import (
+    CheckpointMismatchError, build_sam2_model, load_checkpoint_strict, resolve_config, valid_config_names,
 )
-from .types import MaskPrediction, VideoPrompt
-from .video import FrameStore, load_frames, sample_frames, track_video
+from .sam2_segmenter import ImageEmbedding, Sam2Segmenter
+from .types import AutoMaskSegmenter, MaskPrediction, Segmenter, VideoPrompt, VideoSegmenter
+from .video import FrameStore, load_frames, track_video
 
 SEGMENTER_KINDS = ("sam2", "region")
 
@@ -40,6 +39,7 @@ def build_segmenter(kind: str = "sam2", **kwargs: Any) -> Union[Sam2Segmenter, R
 
 
 __all__ = [
+    "AutoMaskSegmenter",
     "CacheStats",
     "CheckpointMismatchError",
     "EmbeddingCache",
@@ -49,7 +49,9 @@ __all__ = [
     "RegionGrowSegmenter",
     "SEGMENTER_KINDS",
     "Sam2Segmenter",
+    "Segmenter",
     "VideoPrompt",
+    "VideoSegmenter",
     "build_sam2_model",
     "build_segmenter",
     "image_key",

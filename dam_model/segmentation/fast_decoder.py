@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # deferred: heavy, optional (only SAM 2 users need it)
 
 
 def precompute_image_side(model, image_embed: "torch.Tensor", image_pe: "torch.Tensor") -> dict[str, "torch.Tensor"]:
@@ -38,7 +38,7 @@ def precompute_image_side(model, image_embed: "torch.Tensor", image_pe: "torch.T
 
 def _attend(attention, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor") -> "torch.Tensor":
     """sam2 Attention.forward with q, k, v already projected."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # deferred: heavy, optional (only SAM 2 users need it)
 
     q = attention._separate_heads(q, attention.num_heads)
     k = attention._separate_heads(k, attention.num_heads)
@@ -61,7 +61,7 @@ def decode(
     key_pe: [1, hw, C] flattened dense positional encoding (shared by all images of one model).
     Only for prompts without a mask input; eval mode (no dropout).
     """
-    import torch
+    import torch  # deferred: heavy, optional (only SAM 2 users need it)
 
     decoder = model.sam_mask_decoder
     transformer = decoder.transformer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from .types import MaskPrediction, as_rgb_uint8, validate_prompts
@@ -77,8 +78,6 @@ class RegionGrowSegmenter:
 
     def _grow(self, colours: np.ndarray, allowed: np.ndarray, point: np.ndarray) -> np.ndarray:
         """Connected region of the clicked pixel's colour (empty when the click is outside `allowed`)."""
-        import cv2
-
         height, width = allowed.shape
         col, row = min(int(point[0]), width - 1), min(int(point[1]), height - 1)
         if not allowed[row, col]:
@@ -88,8 +87,6 @@ class RegionGrowSegmenter:
         return components == components[row, col]
 
     def _dominant_components(self, rgb: np.ndarray, colours: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        import cv2
-
         inside = rgb[allowed]
         bins = (inside[:, 0] >> 4).astype(np.int32) * 256 + (inside[:, 1] >> 4) * 16 + (inside[:, 2] >> 4)
         dominant_bin = np.bincount(bins, minlength=4096).argmax()
@@ -105,8 +102,6 @@ class RegionGrowSegmenter:
 
 def _solidity(mask: np.ndarray) -> float:
     """Mask area / area of its filled convex hull (pixels), 0 for an empty mask."""
-    import cv2
-
     if not mask.any():
         return 0.0
     hull = cv2.convexHull(cv2.findNonZero(mask.astype(np.uint8)))

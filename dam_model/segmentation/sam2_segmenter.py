@@ -1,4 +1,4 @@
-"""SAM 2.1 as a click-to-mask service: config resolution, strict checkpoint loading, cached image embeddings.
+"""SAM 2.1 as a click-to-mask service with cached image embeddings (models are built by sam2_build.py).
 
 The image encoder (the expensive part: ~1 s per 1024 px image for hiera-t on a CPU) runs once per distinct
 image; every later click on that image runs only the prompt encoder and mask decoder (milliseconds).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence, Union
@@ -16,164 +17,19 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence, U
 import numpy as np
 
 from .cache import CacheStats, EmbeddingCache, image_key
+from .fast_decoder import decode, precompute_image_side
+from .sam2_build import build_sam2_model
 from .types import MaskPrediction, VideoPrompt, as_rgb_uint8, validate_prompts
+from .video import track_video
 
-if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
+if TYPE_CHECKING:  # torch and sam2 are imported inside the methods that need them (deferred: heavy, optional)
     import torch
-
-# Canonical SAM 2.1 config names -> (hydra config inside the sam2 package, accepted aliases).
-_SAM21_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sam2.1_hiera_t": ("configs/sam2.1/sam2.1_hiera_t.yaml", ("tiny", "t", "hiera_t", "hiera_tiny", "sam2.1_hiera_tiny")),
-    "sam2.1_hiera_s": ("configs/sam2.1/sam2.1_hiera_s.yaml", ("small", "s", "hiera_s", "hiera_small", "sam2.1_hiera_small")),
-    "sam2.1_hiera_b+": (
-        "configs/sam2.1/sam2.1_hiera_b+.yaml",
-        ("base_plus", "base+", "b+", "hiera_b+", "hiera_base_plus", "sam2.1_hiera_base_plus", "sam2.1_hiera_b_plus"),
-    ),
-    "sam2.1_hiera_l": ("configs/sam2.1/sam2.1_hiera_l.yaml", ("large", "l", "hiera_l", "hiera_large", "sam2.1_hiera_large")),
-}
-_ALIASES: dict[str, str] = {}
-for _canonical, (_path, _aliases) in _SAM21_CONFIGS.items():
-    _ALIASES[_canonical] = _canonical
-    for _alias in _aliases:
-        _ALIASES[_alias] = _canonical
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024  # ~19 hiera-t images at 1024 px (16 MiB features + 10 MiB decoder inputs)
-_BUILD_LOCK = threading.Lock()  # hydra's global config store is not thread-safe
-
-
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's keys or shapes do not match the architecture named by the config."""
-
-
-def valid_config_names() -> list[str]:
-    """Canonical config names followed by every accepted alias."""
-    return sorted(_SAM21_CONFIGS) + sorted(a for a in _ALIASES if a not in _SAM21_CONFIGS)
-
-
-def resolve_config(config_name: str) -> tuple[str, str]:
-    """Map a user-facing name to (canonical name, hydra config path).
-
-    Accepts "sam2.1_hiera_t", "tiny", "sam2.1_hiera_base_plus", "facebook/sam2.1-hiera-large",
-    "configs/sam2.1/sam2.1_hiera_s.yaml". Raises ValueError listing valid names otherwise.
-    """
-    key = str(config_name).strip().lower()
-    key = key.removeprefix("facebook/").removeprefix("configs/sam2.1/").removesuffix(".yaml").replace("-", "_")
-    canonical = _ALIASES.get(key)
-    if canonical is None:
-        raise ValueError(f"unknown SAM 2 config {config_name!r}; valid names: {', '.join(valid_config_names())}")
-    return canonical, _SAM21_CONFIGS[canonical][0]
-
-
-def _has_sam2_cuda_extension() -> bool:
-    try:
-        from sam2 import _C  # noqa: F401  (optional compiled kernel for connected components)
-    except ImportError:
-        return False
-    return True
-
-
-def build_sam2_model(
-    config_name: str = "sam2.1_hiera_t",
-    checkpoint: Optional[Union[str, Path]] = None,
-    device: "str | torch.device" = "cpu",
-    image_size: Optional[int] = None,
-    seed: int = 0,
-) -> "torch.nn.Module":
-    """Instantiate a SAM2VideoPredictor (a SAM2Base, so it also serves single images) in eval mode.
-
-    checkpoint None gives RANDOM weights (seeded by `seed`): for tests and benchmarks only.
-    image_size overrides the model input size S (default 1024 from the config); it must be a multiple of 32.
-    The memory-attention RoPE grid is resized to S/16 with it, and the state-dict keys and shapes do not
-    depend on S, so a real checkpoint also loads at a reduced size (with a reduced-quality result).
-    """
-    import torch
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    import sam2  # noqa: F401  (importing sam2 registers its hydra config module)
-
-    canonical, config_path = resolve_config(config_name)
-    overrides = [
-        "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
-        # the post-processing settings of sam2's own builders (build_sam2 / build_sam2_video_predictor)
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-        "++model.binarize_mask_from_pts_for_mem_enc=true",
-        # hole filling needs sam2's optional CUDA kernel; without it sam2 warns on every frame
-        f"++model.fill_hole_area={8 if _has_sam2_cuda_extension() else 0}",
-    ]
-    if image_size is not None:
-        if int(image_size) != image_size or image_size % 32 or not 64 <= image_size <= 2048:
-            raise ValueError(f"image_size must be a multiple of 32 in [64, 2048], got {image_size}")
-        grid = int(image_size) // 16  # stride-16 feature map that memory attention's RoPE covers
-        overrides += [
-            f"++model.image_size={int(image_size)}",
-            f"++model.memory_attention.layer.self_attention.feat_sizes=[{grid},{grid}]",
-            f"++model.memory_attention.layer.cross_attention.feat_sizes=[{grid},{grid}]",
-        ]
-    with _BUILD_LOCK:
-        if not GlobalHydra.instance().is_initialized():
-            from hydra import initialize_config_module
-
-            initialize_config_module("sam2", version_base="1.2")
-        cfg = compose(config_name=config_path, overrides=overrides)
-        OmegaConf.resolve(cfg)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = instantiate(cfg.model, _recursive_=True)
-    if checkpoint is not None:
-        load_checkpoint_strict(model, checkpoint)
-    model.sam2_config_name = canonical  # for logs and provenance
-    return model.to(torch.device(device)).eval()
-
-
-def load_checkpoint_strict(model: "torch.nn.Module", checkpoint: Union[str, Path]) -> None:
-    """Load a SAM 2 checkpoint (.pt with a "model" dict, a bare state dict, or .safetensors) strictly.
-
-    Raises FileNotFoundError for a missing file and CheckpointMismatchError listing missing keys,
-    unexpected keys and shape mismatches (sam2's own loader also refuses them, but only via torch's
-    generic error after logging; this one names the keys in the exception).
-    """
-    import torch
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"SAM 2 checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-
-        def listing(title: str, items: list[str]) -> str:
-            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
-            return f"{title} ({len(items)}): {shown}"
-
-        parts = [listing(t, i) for t, i in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if i]
-        config = getattr(model, "sam2_config_name", "the config")
-        raise CheckpointMismatchError(f"checkpoint {path.name} does not match {config}: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def _as_torch_dtype(dtype: "str | torch.dtype") -> "torch.dtype":
-    import torch
+    import torch  # deferred: heavy, optional
 
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -216,7 +72,7 @@ class Sam2Segmenter:
         mask_threshold: float = 0.0,
         fast_decoder: bool = True,
     ) -> None:
-        from sam2.utils.transforms import SAM2Transforms
+        from sam2.utils.transforms import SAM2Transforms  # deferred: heavy, optional
 
         self.model = model
         self.dtype = _as_torch_dtype(dtype)
@@ -253,7 +109,7 @@ class Sam2Segmenter:
         image_size:  model input size S override (multiple of 32), e.g. 256 for fast CPU tests; default 1024.
         cache_bytes: memory cap of the image-embedding LRU cache, in bytes of tensor payload.
         """
-        import torch
+        import torch  # deferred: heavy, optional
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -280,7 +136,7 @@ class Sam2Segmenter:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context matching `dtype` (a no-op for float32)."""
-        import torch
+        import torch  # deferred: heavy, optional
 
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
@@ -293,7 +149,7 @@ class Sam2Segmenter:
         return self.cache.get_or_compute(image_key(rgb), lambda: self._encode(rgb))
 
     def _encode(self, rgb: np.ndarray) -> ImageEmbedding:
-        import torch
+        import torch  # deferred: heavy, optional
 
         with self._counter_lock:
             self.encoder_calls += 1
@@ -308,8 +164,6 @@ class Sam2Segmenter:
             maps = [feat.permute(1, 2, 0).reshape(1, -1, h, w) for feat, (h, w) in zip(vision_feats, feat_sizes)]
             image_side = None
             if self.fast_decoder:
-                from .fast_decoder import precompute_image_side
-
                 image_side = precompute_image_side(model, maps[-1], self._image_pe())
         return ImageEmbedding(
             image_embed=maps[-1].clone(),
@@ -348,8 +202,8 @@ class Sam2Segmenter:
         Returns MaskPrediction(mask bool [H, W], score = predicted IoU, logits float32 [1, S/4, S/4]).
         Raises ValueError for malformed prompts or points/boxes outside the image.
         """
-        import torch
-        import torch.nn.functional as F
+        import torch  # deferred: heavy, optional
+        import torch.nn.functional as F  # deferred with torch
 
         rgb = as_rgb_uint8(image)
         height, width = rgb.shape[:2]
@@ -380,8 +234,6 @@ class Sam2Segmenter:
         with torch.inference_mode(), self.autocast():
             sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=mask_tensor)
             if mask_tensor is None and embedding.image_side is not None:
-                from .fast_decoder import decode
-
                 image_pe = self._image_pe()
                 low_res_masks, iou_predictions = decode(
                     model,
@@ -426,8 +278,8 @@ class Sam2Segmenter:
         at most `max_masks`. Thresholds are sam2's defaults (tuned for real weights; random weights need 0).
         Returned logits are empty arrays (the generator does not keep them).
         """
-        import torch
-        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        import torch  # deferred: heavy, optional
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator  # deferred: heavy, optional
 
         if max_masks < 1 or min_area < 0:
             raise ValueError(f"need max_masks >= 1 and min_area >= 0, got {max_masks} and {min_area}")
@@ -466,8 +318,6 @@ class Sam2Segmenter:
         on_frame: Optional[Callable[[int, Hashable, str], None]] = None,
     ) -> dict[Hashable, list[np.ndarray]]:
         """Masklets for several objects from prompts on any frames; see `dam_model.segmentation.video.track_video`."""
-        from .video import track_video
-
         return track_video(
             self,
             frames,
@@ -486,8 +336,6 @@ _WARNINGS_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _quiet_jit_script():
     """Silence the FutureWarning that torch.jit.script (used inside sam2's SAM2Transforms) raises on torch 2.9+."""
-    import warnings
-
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         yield
@@ -495,7 +343,7 @@ def _quiet_jit_script():
 
 @functools.cache
 def _cached_predictor_class() -> type:
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from sam2.sam2_image_predictor import SAM2ImagePredictor  # deferred: heavy, optional
 
     class CachedImagePredictor(SAM2ImagePredictor):
         """SAM2ImagePredictor whose set_image reads the segmenter's embedding cache (any input size S)."""

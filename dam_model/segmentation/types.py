@@ -1,14 +1,19 @@
-"""Shared data types and input validation for the segmenters.
+"""Shared data types, the segmenter interfaces, and input validation for the segmenters.
 
 Images are HxWx3 uint8 RGB numpy arrays (PIL images, HxW grey and HxWx4 RGBA are converted).
 Point and box prompts are in pixels of the ORIGINAL image: x is the column, y the row.
+
+Interfaces (typing.Protocol, checkable with isinstance): every segmenter is a `Segmenter` (clicks/box -> mask);
+one that also tracks objects through a clip is a `VideoSegmenter`, one that finds every object's mask on its own
+an `AutoMaskSegmenter`. Sam2Segmenter is all three; RegionGrowSegmenter is a Segmenter only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,58 @@ class VideoPrompt:
         )
 
 
+@runtime_checkable
+class Segmenter(Protocol):
+    """Clicks and/or a box on one image -> one object's mask (see Sam2Segmenter.predict for the prompt rules).
+
+    points: [N, 2] (x, y) pixels of the original image; labels: [N], 1 positive, 0 negative; box: (x0, y0, x1, y1)
+    pixels; mask_input: the `logits` of an earlier prediction to refine (a segmenter without learned logits may
+    ignore it). Malformed or out-of-image prompts raise ValueError.
+    """
+
+    def predict(
+        self,
+        image: Any,
+        points: Optional[Sequence] = None,
+        labels: Optional[Sequence] = None,
+        box: Optional[Sequence] = None,
+        mask_input: Optional[np.ndarray] = None,
+    ) -> MaskPrediction: ...
+
+
+@runtime_checkable
+class AutoMaskSegmenter(Protocol):
+    """"Describe everything": the masks of the objects on one image, best first, at most `max_masks`, each with at
+    least `min_area` pixels."""
+
+    def automatic_masks(self, image: Any, max_masks: int = 50, min_area: int = 100) -> list[MaskPrediction]: ...
+
+
+@runtime_checkable
+class VideoSegmenter(Protocol):
+    """Masklets through a clip: prompts on any frames -> {obj_id: one bool [H, W] mask per frame}.
+
+    frames: a video path, a sequence of HxWx3 uint8 frames or a [T, H, W, 3] array; stride keeps every stride-th
+    frame and max_frames bounds the kept frames; time_budget_s raises TimeoutError past it; on_frame(frame_index,
+    obj_id, "forward" | "backward") is called after each step.
+    """
+
+    def track_video(
+        self,
+        frames: Any,
+        prompts: Sequence[Union[VideoPrompt, dict[str, Any]]],
+        max_frames: int = 300,
+        stride: int = 1,
+        *,
+        time_budget_s: Optional[float] = None,
+        on_frame: Optional[Callable[[int, Hashable, str], None]] = None,
+    ) -> dict[Hashable, list[np.ndarray]]: ...
+
+
 def as_rgb_uint8(image: Any) -> np.ndarray:
     """Return the image as a contiguous HxWx3 uint8 RGB array (accepts PIL, HxW, HxWx3, HxWx4)."""
     if not isinstance(image, np.ndarray):
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - PIL is a dependency
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         else:
             raise ValueError(f"image must be a numpy array or PIL image, got {type(image).__name__}")

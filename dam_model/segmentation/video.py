@@ -13,21 +13,35 @@ Every (frame, object) pair is computed once; each frame's image features once pe
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Protocol, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .types import VideoPrompt, as_rgb_uint8, validate_prompts
 
 if TYPE_CHECKING:
     import torch
 
-    from .sam2_segmenter import Sam2Segmenter
+
+class Sam2Parts(Protocol):
+    """What track_video reads from a SAM 2 segmenter (Sam2Segmenter has all three): the SAM2VideoPredictor, its
+    square input size S, and the autocast context of its dtype. Typed here so this module needs no segmenter."""
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +52,7 @@ class FrameStore:
     float32 [3, S, S] tensor sam2 expects (what its `inference_state["images"]` holds)."""
 
     def __init__(self, pixels: "torch.Tensor", height: int, width: int) -> None:
-        import torch
+        import torch  # deferred: heavy, loaded only when a clip is tracked (the package imports without it)
 
         self.pixels = pixels
         self.height = int(height)
@@ -65,8 +79,6 @@ def _too_many(count: int, stride: int, max_frames: int) -> ValueError:
 
 
 def _resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     # bicubic PIL resize, as sam2's own video frame loader does
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
 
@@ -79,14 +91,14 @@ def load_frames(source: Any, image_size: int, max_frames: int = 300, stride: int
     stride: keep every `stride`-th frame (0, stride, 2*stride, ...); prompt frame indices then refer to
             the kept frames. More than `max_frames` kept frames -> ValueError naming the stride that fits.
     """
-    import torch
+    import torch  # deferred: heavy (see FrameStore)
 
     if stride < 1 or max_frames < 1:
         raise ValueError(f"stride and max_frames must be >= 1, got {stride} and {max_frames}")
     resized: list[np.ndarray] = []
     height = width = None
     if isinstance(source, (str, Path)):
-        import av
+        import av  # deferred: optional and heavy, only for clips given as files
 
         path = Path(source)
         if not path.is_file():
@@ -159,7 +171,7 @@ def _merge_prompts(
 
 def _new_inference_state(model: Any, frames: FrameStore, offload_state_to_cpu: bool) -> dict[str, Any]:
     """The dict SAM2VideoPredictor.init_state builds (sam2 1.1.0 layout), over in-memory frames."""
-    import torch
+    import torch  # deferred: heavy (see FrameStore)
 
     device = model.device
     return {
@@ -185,7 +197,7 @@ def _new_inference_state(model: Any, frames: FrameStore, offload_state_to_cpu: b
 
 
 def track_video(
-    segmenter: "Sam2Segmenter",
+    segmenter: Sam2Parts,
     frames: Any,
     prompts: Sequence["VideoPrompt | dict[str, Any]"],
     max_frames: int = 300,
@@ -204,8 +216,8 @@ def track_video(
     on_frame: called as on_frame(frame_index, obj_id, "forward" | "backward") after each (frame, object) step.
     Returns {obj_id: [bool [H, W] per frame]} at the original resolution, one mask for every frame.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # deferred: heavy (see FrameStore)
+    import torch.nn.functional as F  # deferred with torch
 
     model = segmenter.model
     store = load_frames(frames, segmenter.image_size, max_frames=max_frames, stride=stride)
@@ -293,21 +305,3 @@ def _forget_outside_window(outputs: dict, frame_index: int, reverse: bool, windo
     if not reverse and first_prompt < stale < first_prompt + window:
         return
     outputs["non_cond_frame_outputs"].pop(stale, None)
-
-
-def sample_frames(masks: Sequence[np.ndarray], n: int = 8) -> list[int]:
-    """Pick `n` frame indices spread uniformly over the frames whose mask is non-empty (DAM video input).
-
-    With L non-empty frames, the k-th pick (k = 0..n-1) is the non-empty frame at position
-    floor((k + 0.5) * L / n): the centre of the k-th of n equal segments. Picks are non-decreasing;
-    when L >= n they are distinct, and when L < n the same rule repeats frames evenly (each non-empty
-    frame appears floor(n / L) or ceil(n / L) times), so DAM always gets exactly n frames.
-    n = 1 picks the middle non-empty frame. No non-empty mask -> ValueError.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    usable = [index for index, mask in enumerate(masks) if np.asarray(mask).any()]
-    if not usable:
-        raise ValueError(f"all {len(masks)} masks are empty: nothing to sample for the video description")
-    positions = ((np.arange(n) + 0.5) * len(usable) / n).astype(int)
-    return [usable[p] for p in positions]

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from backend.errors import ModelUnavailable
-from backend.model_layout import POINTER_NAME, PROVENANCE_NAME, version_path
 from backend.model_store import ModelStore, default_loader
 from backend.s3_models import make_client
 from backend.settings import Settings
 from bk_helpers import FakeDAM
+from dam_model.versions import POINTER_NAME, PROVENANCE_NAME, version_path
 
 KEY_ID = "models-test-key-id"
 SECRET = "models-test-secret-value-never-logged"
@@ -269,9 +269,9 @@ def test_settings_endpoint_fallback_and_default_cache(monkeypatch, tmp_path):
 
 
 def test_promote_script_writes_the_layout_the_backend_reads():
-    """One set of names: scripts/promote.py imports them from backend/model_layout.py."""
+    """One set of names: scripts/promote.py imports them from dam_model/versions.py."""
     import scripts.promote as promote_module
-    from backend import model_layout
+    from dam_model import versions as model_layout
 
     assert promote_module.POINTER_NAME is model_layout.POINTER_NAME == POINTER_NAME == "current.json"
     assert promote_module.version_path is model_layout.version_path

@@ -145,7 +145,9 @@ def test_varied_sizes_include_large_images_with_small_objects():
 def test_region_samples_unpack_and_validate(small_scenes):
     samples = list(iter_region_samples(small_scenes, caption="short"))
     assert len(samples) == sum(len(s.objects) for s in small_scenes)
-    image, mask, caption, attributes, size_bucket = samples[0]
+    sample = samples[0]
+    image, mask, caption, attributes, size_bucket = (sample.image, sample.mask, sample.caption, sample.attributes,
+                                                      sample.size_bucket)
     assert image.dtype == np.uint8 and mask.dtype == bool and caption == small_scenes[0].objects[0].short_caption
     assert size_bucket == attributes["size"]
     with pytest.raises(ValueError):
@@ -171,7 +173,7 @@ def test_videos_move_as_their_motion_says():
             assert expected, (video.scene_id, motion, dx, dy)
             assert motion in obj.short_caption and motion in obj.long_caption
     samples = list(iter_video_region_samples([generate_video(9, 0)]))
-    assert samples and samples[0].masks.ndim == 3
+    assert samples and np.stack(samples[0].masks).ndim == 3
 
 
 def test_perturbed_captions_make_the_named_mistake():

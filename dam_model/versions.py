@@ -1,4 +1,5 @@
-"""Layout of a promoted-models root, shared by the writer (scripts/promote.py) and the reader (backend/model_store.py).
+"""Layout of a promoted-models root: the names its writer (the loop's promote step) and its reader (the backend's
+model store) agree on.
 
 A models root is a local folder or ``s3://bucket/prefix``; under it::
 
@@ -6,8 +7,8 @@ A models root is a local folder or ``s3://bucket/prefix``; under it::
                             finished upload); never modified once written
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"}
 
-This module is pure (no I/O, no boto3) so scripts may import it without pulling in the backend: data still flows
-scripts -> promoted folder -> backend, the two sides only agree on names here.
+Pure (no I/O, no boto3): it lives in the model package so that the writer and the reader can share it without
+importing each other.
 """
 from __future__ import annotations
 
