@@ -6,6 +6,10 @@ down) about that corner: web/libs/editor/src/regions/RectRegion.js draws a Konva
 rotation, and documents value.x/y as "the top left corner before rotation". The corners are computed in pixels
 (width in percent of the image width, height in percent of the image height), then rotated.
 
+Argument order of sizes: functions that return pixel coordinates take (width, height), like (x, y):
+rectangle_corners, rectangle_box, keypoint_pixel; functions about masks take (height, width), like an array's
+shape: rasterize (and ls_io.tracks' box_visible, track_masks).
+
 Region types (GEOMETRY_TYPES, one set for the server and the loop):
 - brush, polygon, rectangle (MASK_TYPES): `rasterize` turns them into a mask;
 - keypoint (KEYPOINT_TYPES): a click, not an area: a prompt for a segmenter (`keypoint_pixel`); `rasterize`
