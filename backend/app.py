@@ -12,11 +12,12 @@ from typing import Any, Callable
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ls_io.errors import StatusError
+from ls_io.media import MediaFetcher
+
 from .auth import check_basic, check_webhook
-from .errors import BackendError, BadRequest, Unauthorized, Unprocessable
+from .errors import BadRequest, Unauthorized
 from .jobs import TrainingJobs
-from .label_config import LabelConfigError
-from .media import MediaFetcher
 from .metrics import Registry
 from .model import DAMBackend
 from .model_store import Loader, ModelStore, SegmenterStore
@@ -77,8 +78,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             resp.headers["WWW-Authenticate"] = 'Basic realm="dam-backend"'
         return resp
 
-    @app.errorhandler(BackendError)
-    def _backend_error(exc: BackendError):
+    @app.errorhandler(StatusError)
+    def _status_error(exc: StatusError):
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
         return jsonify(error=str(exc)), exc.status
@@ -107,12 +108,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         schema = body.get("schema")
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("setup needs 'schema' (the label config XML)")
-        try:
-            version = backend.setup(schema, project=body.get("project"), extra_params=body.get("extra_params"),
-                                    hostname=body.get("hostname") if isinstance(body.get("hostname"), str) else None,
-                                    access_token=body.get("access_token") if isinstance(body.get("access_token"), str) else None)
-        except LabelConfigError as exc:
-            raise Unprocessable(str(exc)) from None
+        # A bad label config raises LabelConfigError: a 422 naming what is missing.
+        version = backend.setup(schema, project=body.get("project"), extra_params=body.get("extra_params"),
+                                hostname=body.get("hostname") if isinstance(body.get("hostname"), str) else None,
+                                access_token=body.get("access_token") if isinstance(body.get("access_token"), str) else None)
         return jsonify(model_version=version)
 
     @app.post("/predict")

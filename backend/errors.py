@@ -1,48 +1,22 @@
-"""Errors the routes turn into `{"error": "<one-line reason>"}` with a meaningful HTTP status."""
+"""Errors the routes turn into `{"error": "<one-line reason>"}` with a meaningful HTTP status.
+
+Every such error is an `ls_io.errors.StatusError` (app.py's handler catches that base). The format and media
+errors live in ls_io and are re-exported here; this module adds only what is specific to serving.
+"""
 from __future__ import annotations
 
+from ls_io.errors import BadRequest, MediaError, PayloadTooLarge, StatusError, Unprocessable, UpstreamError, UpstreamTimeout
 
-class BackendError(Exception):
-    """Base class: `status` is the HTTP status, str(self) the one-line reason."""
-
-    status = 500
-
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(" ".join(str(reason).split()))  # one line, always
-        if status is not None:
-            self.status = status
+__all__ = ["BackendError", "BadRequest", "MediaError", "ModelUnavailable", "PayloadTooLarge", "StatusError",
+           "Unauthorized", "Unprocessable", "UpstreamError", "UpstreamTimeout"]
 
 
-class BadRequest(BackendError):
-    """Malformed JSON or a body of the wrong shape."""
-
-    status = 400
+class BackendError(StatusError):
+    """A serving failure with no more specific class (500 unless a status is given)."""
 
 
 class Unauthorized(BackendError):
     status = 401
-
-
-class Unprocessable(BackendError):
-    """Well-formed but unusable: bad RLE, mask size mismatch, label config without what we need."""
-
-    status = 422
-
-
-class PayloadTooLarge(BackendError):
-    """Media over the byte or pixel limit."""
-
-    status = 413
-
-
-class UpstreamError(BackendError):
-    """Media unreachable, refused (SSRF rules) or answered with an error."""
-
-    status = 502
-
-
-class UpstreamTimeout(BackendError):
-    status = 504
 
 
 class ModelUnavailable(BackendError):

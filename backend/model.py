@@ -7,69 +7,61 @@ It is a thin adapter: label config -> regions (masks) -> dam_model (SAM 2 masks,
   with the same uuid4 id. A brush drawn by the annotator gets a caption (its brush item is echoed first).
 - Batch (no context): every region already in the task (annotations, drafts, predictions, task.data["regions"])
   is captioned with ONE describe(image, masks) call per image; tasks without regions follow NO_REGION_MODE.
-- Video: each VideoRectangle track -> SAM 2 masklet (box prompt on its first keyframe, propagated) or, without a
-  segmenter, the interpolated boxes -> describe_video(8 sampled frames) -> a textarea on the track's id.
+- Video: each VideoRectangle track, read frame by frame with Label Studio's own keyframe rule (ls_io.tracks) ->
+  SAM 2 masklet (box prompt on the first frame the track is shown, propagated) or, without a video segmenter, the
+  track's boxes as masks -> describe_video(8 sampled frames) -> a textarea on the track's id.
+Region items are read by ls_io (geometry types, labels, percent -> pixels); results are built by ls_io.results.
 """
 from __future__ import annotations
 
 import logging
-import math
-import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import results as R
+from dam_model.segmentation import MaskPrediction, sample_frames
+from ls_io import results as R
+from ls_io.errors import RLEError, StatusError
+from ls_io.label_config import ParsedConfig, parse_label_config
+from ls_io.media import MediaFetcher
+from ls_io.regions import (BRUSH_TYPES, GEOMETRY_TYPES, KEYPOINT_TYPES, POLYGON_TYPES, RECTANGLE_TYPES, TRACK_TYPES,
+                           keypoint_pixel, labels_of, rasterize, rectangle_box, region_type)
+from ls_io.rle import decode_rle
+from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
+from ls_io.video_io import decode_video
+
 from .errors import BackendError, BadRequest, ModelUnavailable, Unprocessable
 from .jobs import TrainingJobs
-from .label_config import LabelConfigError, ParsedConfig, parse_label_config
-from .media import MediaFetcher
 from .model_store import LoadedModel, ModelStore, SegmenterStore
-from .rle import RLEError, decode_rle
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY = "<image>\nDescribe the masked region in detail."
-GEOMETRY_TYPES = {"brushlabels", "brush", "rectanglelabels", "rectangle", "keypointlabels", "keypoint", "videorectangle"}
 TRAINING_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED",
                    "ANNOTATIONS_CREATED", "START_TRAINING"}
 
 
-def _labels_of(item: dict[str, Any]) -> list[str]:
-    value = item.get("value") or {}
-    for key in ("brushlabels", "rectanglelabels", "keypointlabels", "labels", "polygonlabels"):
-        if isinstance(value.get(key), list) and value[key]:
-            return [str(v) for v in value[key]]
-    return []
+@runtime_checkable
+class AutoMaskSegmenter(Protocol):
+    """A segmenter that proposes masks by itself (SAM 2; the colour region-grower does not): NO_REGION_MODE=auto."""
+
+    def automatic_masks(self, image: np.ndarray, max_masks: int, min_area: int) -> list[MaskPrediction]: ...
 
 
-def _pct_box(value: dict[str, Any], width: int, height: int) -> np.ndarray:
-    """Percent x/y/width/height (top-left corner) -> pixel (x0, y0, x1, y1), clipped to the image."""
-    try:
-        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
-    except (KeyError, TypeError, ValueError):
-        raise BadRequest("rectangle needs numeric x, y, width, height") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise BadRequest("rectangle has a non-finite or empty geometry")
-    x0, y0 = x / 100.0 * width, y / 100.0 * height
-    x1, y1 = (x + w) / 100.0 * width, (y + h) / 100.0 * height
-    rotation = float(value.get("rotation") or 0.0)
-    if rotation % 360:  # Label Studio rotates clockwise about the top-left corner: take the rotated box's bounds
-        theta = math.radians(rotation)
-        dx = np.array([0.0, x1 - x0, x1 - x0, 0.0])
-        dy = np.array([0.0, 0.0, y1 - y0, y1 - y0])
-        xs = x0 + dx * math.cos(theta) - dy * math.sin(theta)
-        ys = y0 + dx * math.sin(theta) + dy * math.cos(theta)
-        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    return np.array([max(0.0, x0), max(0.0, y0), min(width - 1.0, x1), min(height - 1.0, y1)], dtype=np.float32)
+@runtime_checkable
+class VideoSegmenter(Protocol):
+    """A segmenter that tracks box prompts through a clip (SAM 2). Without one, a track's boxes are its masks."""
+
+    def track_video(self, frames: Sequence[np.ndarray], prompts: Sequence[dict[str, Any]]) -> dict[Any, list[np.ndarray]]: ...
 
 
-def _box_mask(box: np.ndarray, width: int, height: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    mask[max(0, y0) : min(height, y1 + 1), max(0, x0) : min(width, x1 + 1)] = True
-    return mask
+def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
+    """`n` indices spread over the frames where the mask is not empty, by dam_model's `sample_frames` rule (the
+    rule DAM's video input uses; frames repeat when fewer than n are usable); [] when every mask is empty."""
+    if not any(np.any(m) for m in masks):
+        return []
+    return [int(i) for i in sample_frames(masks, n)]
 
 
 class DAMBackend:
@@ -84,7 +76,6 @@ class DAMBackend:
         self.jobs = jobs
         self.metrics = metrics
         self.label_config: str | None = None
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup
     def setup(self, label_config: str, project: str | None = None, extra_params: dict | None = None,
@@ -108,10 +99,7 @@ class DAMBackend:
         xml = label_config or self.label_config
         if not xml:
             raise BadRequest("no label config: send label_config with /predict or call /setup first")
-        try:
-            cfg = parse_label_config(xml)
-        except LabelConfigError as exc:
-            raise Unprocessable(str(exc)) from None
+        cfg = parse_label_config(xml)  # LabelConfigError is a 422 naming what is missing
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("tasks must be a list of objects")
         loaded = self.store.get()  # one reference for the whole request: a swap cannot change it midway
@@ -126,7 +114,7 @@ class DAMBackend:
         for task in tasks:
             try:
                 out.append(self._batch_task(task, cfg, loaded))
-            except BackendError as exc:
+            except StatusError as exc:
                 if len(tasks) == 1:
                     raise  # a single task: the status code tells Label Studio (and the log) what went wrong
                 # Batch: one broken task must not lose the others; it gets an empty result.
@@ -193,10 +181,10 @@ class DAMBackend:
     def _mask_of(self, item: dict[str, Any], image: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(mask HxW bool, mask score or None) of an existing region item."""
         height, width = image.shape[:2]
-        kind = str(item.get("type", "")).lower()
+        kind = region_type(item)
         value = item.get("value") or {}
-        ow, oh = item.get("original_width"), item.get("original_height")
-        if kind in {"brushlabels", "brush"}:
+        if kind in BRUSH_TYPES:
+            ow, oh = item.get("original_width"), item.get("original_height")
             if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
                 raise Unprocessable(f"brush region {item.get('id')} has no RLE list")
             if (ow, oh) != (width, height):
@@ -205,31 +193,23 @@ class DAMBackend:
                 return decode_rle(value["rle"], height, width) > 0, None
             except RLEError as exc:
                 raise Unprocessable(f"brush region {item.get('id')}: {exc}") from None
-        if kind in {"rectanglelabels", "rectangle"}:
-            box = _pct_box(value, width, height)
+        if kind in POLYGON_TYPES:
+            return rasterize(item, height, width) > 0, None
+        if kind in RECTANGLE_TYPES:
+            box = rectangle_box(value, width, height)
             seg = self._segmenter()
             if seg is None:
-                return _box_mask(box, width, height), None
+                return rasterize(item, height, width) > 0, None
             pred = seg.predict(image, box=box)
             return np.asarray(pred.mask, dtype=bool), float(pred.score)
-        if kind in {"keypointlabels", "keypoint"}:
+        if kind in KEYPOINT_TYPES:
             seg = self._segmenter()
             if seg is None:
                 raise Unprocessable("keypoint regions need a segmenter (SEGMENTER=sam2 or color)")
-            pt = self._point(value, width, height)
+            pt = keypoint_pixel(value, width, height)
             pred = seg.predict(image, points=np.array([pt], dtype=np.float32), labels=np.array([1], dtype=np.int32))
             return np.asarray(pred.mask, dtype=bool), float(pred.score)
         raise Unprocessable(f"unsupported region type {kind!r}")
-
-    @staticmethod
-    def _point(value: dict[str, Any], width: int, height: int) -> tuple[float, float]:
-        try:
-            x, y = float(value["x"]), float(value["y"])
-        except (KeyError, TypeError, ValueError):
-            raise BadRequest("keypoint needs numeric x and y") from None
-        if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
-            raise BadRequest(f"keypoint ({x}, {y}) lies outside the image (percent 0..100)")
-        return min(x / 100.0 * width, width - 1.0), min(y / 100.0 * height, height - 1.0)
 
     # --- interactive
     def _interactive(self, task: dict[str, Any], ctx: list[dict[str, Any]], cfg: ParsedConfig,
@@ -242,23 +222,23 @@ class DAMBackend:
         points, point_labels, box, prompt_labels, rect_item = [], [], None, [], None
         brushes = []
         for item in items:
-            kind = str(item.get("type", "")).lower()
+            kind = region_type(item)
             value = item.get("value") or {}
-            if kind in {"keypointlabels", "keypoint"}:
-                points.append(self._point(value, width, height))
+            if kind in KEYPOINT_TYPES:
+                points.append(keypoint_pixel(value, width, height))
                 point_labels.append(0 if item.get("is_positive") is False else 1)
-                prompt_labels += _labels_of(item) if item.get("is_positive") is not False else []
-            elif kind in {"rectanglelabels", "rectangle"}:
-                box = _pct_box(value, width, height)  # the last rectangle wins: one region per request
-                prompt_labels += _labels_of(item)
+                prompt_labels += labels_of(item) if item.get("is_positive") is not False else []
+            elif kind in RECTANGLE_TYPES:
+                box = rectangle_box(value, width, height)  # the last rectangle wins: one region per request
+                prompt_labels += labels_of(item)
                 rect_item = item
-            elif kind in {"brushlabels", "brush"}:
+            elif kind in BRUSH_TYPES:
                 brushes.append(item)
         masks, queries, scores_mask, emit = [], [], [], []
         for item in brushes:
             mask, _ = self._mask_of(item, image)
             masks.append(mask)
-            queries.append(self._query(_labels_of(item)))
+            queries.append(self._query(labels_of(item)))
             scores_mask.append(None)
             emit.append(("echo", item))
         if points or box is not None:
@@ -266,7 +246,7 @@ class DAMBackend:
             if seg is None:
                 if points:
                     raise Unprocessable("smart keypoints need a segmenter (SEGMENTER=sam2 or color)")
-                mask, mscore = _box_mask(box, width, height), None
+                mask, mscore = rasterize(rect_item, height, width) > 0, None
             else:
                 pred = seg.predict(
                     image,
@@ -329,7 +309,7 @@ class DAMBackend:
             if not isinstance(result, list):
                 continue
             for item in result:
-                if not isinstance(item, dict) or str(item.get("type", "")).lower() not in GEOMETRY_TYPES:
+                if not isinstance(item, dict) or region_type(item) not in GEOMETRY_TYPES:
                     continue
                 rid = str(item.get("id") or "")
                 if rid and rid in seen:
@@ -340,7 +320,7 @@ class DAMBackend:
     def _batch_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
         if cfg.is_video:
             return self._video_task(task, cfg, loaded)
-        regions = [r for r in self.collect_regions(task) if str(r.get("type")).lower() != "videorectangle"
+        regions = [r for r in self.collect_regions(task) if region_type(r) not in TRACK_TYPES
                    and r.get("to_name", cfg.obj.name) == cfg.obj.name]
         if not regions and self.settings.no_region_mode == "skip":
             return R.prediction([], [], loaded.version)
@@ -352,14 +332,14 @@ class DAMBackend:
                 mask, mscore = self._mask_of(item, image)
                 masks.append(mask)
                 mask_scores.append(mscore)
-                queries.append(self._query(_labels_of(item)))
+                queries.append(self._query(labels_of(item)))
         else:  # NO_REGION_MODE=auto: describe everything SAM 2 finds
             seg = self._segmenter()
             if seg is None:
                 raise Unprocessable("NO_REGION_MODE=auto needs a segmenter (SEGMENTER=sam2 or color)")
             if cfg.brush is None:
                 raise Unprocessable("NO_REGION_MODE=auto needs a <BrushLabels> to hold the masks")
-            if not hasattr(seg, "automatic_masks"):
+            if not isinstance(seg, AutoMaskSegmenter):
                 raise Unprocessable(f"NO_REGION_MODE=auto needs SAM 2 ({type(seg).__name__} has no automatic masks)")
             found = seg.automatic_masks(image, max_masks=self.settings.auto_max_masks, min_area=self.settings.auto_min_area)
             for pred in found[: self.settings.auto_max_masks]:
@@ -386,9 +366,7 @@ class DAMBackend:
 
     # --- video
     def _video_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
-        from .video import decode_video, interpolate_track, sample_frame_indices
-
-        tracks = [r for r in self.collect_regions(task) if str(r.get("type")).lower() == "videorectangle"
+        tracks = [r for r in self.collect_regions(task) if region_type(r) in TRACK_TYPES
                   and r.get("to_name", cfg.obj.name) == cfg.obj.name]
         if not tracks:
             return R.prediction([], [], loaded.version)
@@ -406,20 +384,21 @@ class DAMBackend:
         prompts = []
         for item in tracks:
             rid = str(item.get("id"))
-            seq = [s for s in (item.get("value") or {}).get("sequence") or [] if isinstance(s, dict)]
+            value = item.get("value") or {}
+            seq = [s for s in value.get("sequence") or [] if isinstance(s, dict)]
             if not seq:
                 raise Unprocessable(f"video track {rid} has no sequence")
-            if seg is None or not hasattr(seg, "track_video"):
-                per_track[rid] = interpolate_track(seq, len(frames), width, height)
-            else:
-                key = sorted((s for s in seq if s.get("enabled", True)), key=lambda s: int(s.get("frame", 1)))
-                key = key or sorted(seq, key=lambda s: int(s.get("frame", 1)))
-                first = key[0]
-                frame_index = min(max(int(first.get("frame", 1)) - 1, 0), len(frames) - 1)
-                prompts.append({"frame_index": frame_index, "obj_id": rid, "box": _pct_box(first, width, height)})
-        if prompts and seg is not None:
-            tracked = seg.track_video(frames, prompts)
-            for rid, masks in tracked.items():
+            covered = timeline_length(value, len(frames))
+            boxes = track_boxes(seq, covered) + [None] * (len(frames) - covered)
+            if not isinstance(seg, VideoSegmenter):
+                per_track[rid] = track_masks(boxes, height, width)
+                continue
+            # SAM 2 follows the object from the first frame where Label Studio shows its box.
+            first = next((i for i, box in enumerate(boxes) if box_visible(box, height, width)), None)
+            if first is not None:
+                prompts.append({"frame_index": first, "obj_id": rid, "box": rectangle_box(boxes[first], width, height)})
+        if prompts:
+            for rid, masks in seg.track_video(frames, prompts).items():
                 per_track[str(rid)] = [np.asarray(m, dtype=bool) for m in masks]
         out, scores = [], []
         for item in tracks:

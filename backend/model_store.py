@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dam_model.segmentation import RegionGrowSegmenter, Sam2Segmenter
 from dam_model.versions import POINTER_NAME, VERSIONS_DIR, parse_pointer
 
 from .errors import ModelUnavailable
@@ -65,12 +66,9 @@ def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when available, else 'cpu'."""
     if device != "auto":
         return device
-    try:
-        import torch
+    import torch  # deferred: heavy (seconds to import); the app module stays quick to import
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -99,7 +97,7 @@ def folder_version(name: str, source: str) -> str:
 
 def default_loader(source: str, device: str, dtype: str) -> Any:
     """Load a DescribeAnythingModel (official DAM layout or hub id)."""
-    from dam_model.modeling import DescribeAnythingModel
+    from dam_model.modeling import DescribeAnythingModel  # deferred: heavy (imports torch)
 
     return DescribeAnythingModel.from_pretrained(source, device=device, dtype=dtype)
 
@@ -347,11 +345,7 @@ class SegmenterStore:
         if kind == "none":
             return None
         if kind in {"region", "color"}:
-            from dam_model.segmentation import RegionGrowSegmenter
-
             return RegionGrowSegmenter()
-        from dam_model.segmentation.sam2_segmenter import Sam2Segmenter
-
         if not self.settings.sam2_checkpoint:
             raise ModelUnavailable("SEGMENTER=sam2 needs SAM2_CHECKPOINT (or set SEGMENTER=region or none)")
         return Sam2Segmenter.from_checkpoint(self.settings.sam2_config, self.settings.sam2_checkpoint, device=self._device,

@@ -1,6 +1,6 @@
 """Promoted models under ``s3://bucket/prefix`` (MODELS_ROOT), mirrored into a local cache for loading.
 
-scripts/promote.py uploads ``versions/<v>/`` first and PUTs ``current.json`` last (backend/model_layout.py). The
+scripts/promote.py uploads ``versions/<v>/`` first and PUTs ``current.json`` last (dam_model/versions.py). The
 model store reads the pointer with one GET per poll; a version it has not got yet is downloaded ATOMICALLY:
 
 1. LIST ``<prefix>versions/<v>/`` (every object and its size); none, or no config.json/provenance.json
@@ -25,11 +25,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dam_model.versions import POINTER_NAME, REQUIRED_FILES, VERSION_RE, parse_s3_url, version_path
+from ls_io.s3 import describe_error, make_s3_client
 
 log = logging.getLogger(__name__)
 
-# Environment variables whose values must never reach a log line or an error message.
-SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -37,35 +36,11 @@ class ModelSourceError(RuntimeError):
     """The models root cannot be read, or a version cannot be fetched (message safe to log)."""
 
 
-def redact(text: str) -> str:
-    """``text`` with the values of secret environment variables replaced by '***' (defence in depth)."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def describe_error(exc: BaseException) -> str:
-    """One safe line for an S3/boto/OS error: its type and message, secrets redacted."""
-    return redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-
 def default_cache_dir(bucket: str, prefix: str) -> Path:
     """``$XDG_CACHE_HOME`` (else ~/.cache) / dam-label-studio/models/<bucket>/<prefix>: one folder per models root,
     so two roots that both promote a "v1" never share a cached folder."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "dam-label-studio" / "models" / bucket / prefix.strip("/")
-
-
-def make_client(endpoint_url: str | None) -> Any:
-    """An S3 client from boto3's credential chain, with short connect timeouts and bounded retries (a dead
-    endpoint costs a poll seconds, not minutes)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
 class S3Models:
@@ -76,7 +51,7 @@ class S3Models:
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}"
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.bucket, self.prefix)
-        self.client = client if client is not None else make_client(endpoint_url)
+        self.client = client if client is not None else make_s3_client(endpoint_url)
 
     def __str__(self) -> str:
         return self.url

@@ -6,11 +6,14 @@ with the variable's name, so a typo fails at start-up rather than at the first r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from dam_model.versions import parse_s3_url
+from ls_io.media import MediaConfig
+
+_MEDIA = MediaConfig()  # the media defaults are ls_io's (the loop reads media with the same rules)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -31,9 +34,9 @@ class Settings:
     """Backend configuration. Field name == environment variable name (upper-cased)."""
 
     # --- Label Studio connection (media download) ---
-    label_studio_url: str = ""
+    label_studio_url: str = _MEDIA.label_studio_url
     """Base URL of Label Studio (e.g. http://label-studio:8080); /data/upload and /data/local-files URLs resolve against it."""
-    label_studio_api_key: str = ""
+    label_studio_api_key: str = _MEDIA.label_studio_api_key
     """Legacy token (40 hex chars, sent as "Token <t>") or a personal access token (a JWT refresh token,
     exchanged at /api/token/refresh/ for a 5-minute "Bearer" access token). Sent only to the Label Studio host."""
 
@@ -89,23 +92,23 @@ class Settings:
     """Smallest automatic mask kept, in pixels."""
 
     # --- Media ---
-    media_cache_dir: str = ".cache/media"
+    media_cache_dir: str = _MEDIA.media_cache_dir
     """On-disk media cache (file name = sha256 of the URL)."""
-    media_allowed_hosts: str = ""
+    media_allowed_hosts: str = _MEDIA.media_allowed_hosts
     """Comma-separated host names allowed for plain http(s) URLs; empty = any public host; '*' = any host."""
-    media_allow_private: bool = False
+    media_allow_private: bool = _MEDIA.media_allow_private
     """Allow http(s) media on private, loopback and link-local addresses (off: SSRF protection)."""
-    local_files_root: str = ""
+    local_files_root: str = _MEDIA.local_files_root
     """Plain local paths (and file://) are read only under this folder; empty disables local paths."""
-    media_max_bytes: int = 64 * 1024 * 1024
+    media_max_bytes: int = _MEDIA.media_max_bytes
     """Largest media download, bytes (images; videos get VIDEO_MAX_BYTES)."""
-    video_max_bytes: int = 1024 * 1024 * 1024
+    video_max_bytes: int = _MEDIA.video_max_bytes
     """Largest video download, bytes."""
-    media_max_pixels: int = 64_000_000
+    media_max_pixels: int = _MEDIA.media_max_pixels
     """Largest image, pixels (PIL decompression-bomb guard)."""
-    media_timeout: float = 20.0
+    media_timeout: float = _MEDIA.media_timeout
     """Seconds per media HTTP request."""
-    image_cache_items: int = 8
+    image_cache_items: int = _MEDIA.image_cache_items
     """Decoded images kept in memory (LRU by URL): interactive clicks on one image decode it once. 0 disables."""
 
     # --- Training hook ---
@@ -125,8 +128,6 @@ class Settings:
     """Name used in model_version when serving DAM_MODEL directly."""
     log_level: str = "INFO"
     """Python logging level."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Test-only overrides (not an environment variable)."""
 
     def __post_init__(self) -> None:
         if self.no_region_mode not in {"skip", "auto"}:
@@ -169,8 +170,6 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get(f.name.upper())
             if raw is None:
                 continue
@@ -192,15 +191,10 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_overrides(self, **overrides: Any) -> "Settings":
-        return replace(self, **overrides)
-
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (safe to log)."""
         out = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             v = getattr(self, f.name)
             if f.name in {"label_studio_api_key", "basic_auth_pass", "webhook_secret"} and v:
                 v = "***"

@@ -11,9 +11,11 @@ import uuid
 import numpy as np
 import pytest
 
-from backend.rle import decode_rle, encode_rle
+from ls_io.rle import decode_rle, encode_rle
+from ls_io.tracks import track_boxes, track_masks
+from ls_io.video_io import video_bytes
 
-from bk_helpers import (CAPTURED_CONFIG, IMAGE_CONFIG, RENAMED_CONFIG, VIDEO_CONFIG, load_payload, png_bytes,
+from bk_helpers import (CAPTURED_CONFIG, Caption, IMAGE_CONFIG, RENAMED_CONFIG, VIDEO_CONFIG, load_payload, png_bytes,
                        predict_body, scene)
 
 LEGACY = "e2e0123456789abcdef0123456789abcdef0123"
@@ -309,6 +311,29 @@ def test_video_track_gets_a_caption(make_app, fake_dam, media_root, tmp_path):
         assert fake_dam.video_calls and fake_dam.video_calls[0][0] == 8, "DAM video gets 8 sampled frames"
 
 
+def test_video_track_is_read_with_label_studio_keyframe_rule(make_app, fake_dam, media_root):
+    """Without a segmenter the masks are ls_io.tracks' boxes: held after the last enabled keyframe to the end of
+    the clip, hidden after a disabled one (the backend once showed the last keyframe on its own frame only)."""
+    clip = np.zeros((12, 48, 64, 3), np.uint8)
+    clip[..., 0] = (np.arange(12) * 10)[:, None, None]  # frame i carries i * 10: the sampled indices can be read
+    (media_root / "clip.mkv").write_bytes(video_bytes(clip))
+    sequence = [{"frame": 1, "x": 10, "y": 20, "width": 30, "height": 40, "rotation": 0, "enabled": True},
+                {"frame": 4, "x": 40, "y": 20, "width": 30, "height": 40, "rotation": 30, "enabled": True}]
+    seen = []
+    fake_dam.describe_video = lambda frames, masks, **_: seen.append((frames, masks)) or Caption("v", -0.2)
+    for track_sequence, last_frame in ((sequence, 12), (sequence + [{**sequence[1], "frame": 9, "enabled": False}], 9)):
+        track = {"id": "t", "from_name": "track", "to_name": "video", "type": "videorectangle",
+                 "value": {"framesCount": 12, "sequence": track_sequence}}
+        task = {"id": 8, "data": {"video": "clip.mkv"}, "annotations": [{"result": [track]}]}
+        r = make_app(segmenter=None).test_client().post("/predict", json=predict_body([task], VIDEO_CONFIG))
+        assert r.status_code == 200, r.json
+        frames, masks = seen.pop()
+        indices = [int(f[0, 0, 0]) // 10 for f in frames]
+        expected = track_masks(track_boxes(track_sequence, 12), 48, 64)
+        assert max(indices) == last_frame - 1, indices
+        assert all(np.array_equal(mask, expected[i]) for i, mask in zip(indices, masks))
+
+
 # ------------------------------------------------------------------ auth, webhook, versions, metrics
 def test_basic_auth_everywhere(make_app):
     client = make_app(basic_auth_user="ls", basic_auth_pass="s3cret").test_client()
@@ -396,18 +421,6 @@ def test_tiny_random_dam_end_to_end(make_app, random_dam_dir):
     task = {"id": 3, "data": {"image": "images/img1.png"}, "annotations": [{"result": [brush, text]}]}
     r = client.post("/predict", json=predict_body([task], CAPTURED_CONFIG))
     assert r.status_code == 200 and [i["type"] for i in r.json["results"][0]["result"]] == ["brushlabels", "textarea"]
-
-
-def test_rectangle_geometry_percent_and_rotation():
-    from backend.model import _pct_box
-
-    assert _pct_box({"x": 10, "y": 20, "width": 25, "height": 50}, 64, 48) == pytest.approx([6.4, 9.6, 22.4, 33.6])
-    rotated = _pct_box({"x": 10, "y": 20, "width": 25, "height": 50, "rotation": 90}, 64, 48)
-    assert rotated == pytest.approx([0.0, 9.6, 6.4, 25.6]), "rotated clockwise about the top-left corner"
-    from backend.errors import BadRequest
-
-    with pytest.raises(BadRequest):
-        _pct_box({"x": 10, "y": 20, "width": 0, "height": 50}, 64, 48)
 
 
 def test_rectangle_only_config_captions_the_rectangle(make_app, fake_dam):

@@ -20,7 +20,7 @@ import pytest
 
 from backend.errors import ModelUnavailable
 from backend.model_store import ModelStore, default_loader
-from backend.s3_models import make_client
+from ls_io.s3 import make_s3_client
 from backend.settings import Settings
 from bk_helpers import FakeDAM
 from dam_model.versions import POINTER_NAME, PROVENANCE_NAME, version_path
@@ -233,7 +233,7 @@ def test_unreachable_bucket_keeps_serving_and_never_leaks_the_secret(make_settin
     store = ModelStore(s3_settings(make_settings, tmp_path, root, s3_env), loader=FakeLoader())
     assert store.get().model.tag == "v1"
     dead = f"http://127.0.0.1:{unused_port}"
-    store.s3.client = make_client(dead)
+    store.s3.client = make_s3_client(dead)
     assert store.check_pointer() is False and store.get().model.tag == "v1"
     assert "pointer unreadable, keeping v1" in logs.text
 

@@ -30,7 +30,7 @@ def sam2():
 def test_interactive_and_video_with_sam2(make_app, sam2, fake_dam, media_root):
     import av
 
-    from backend.rle import decode_rle
+    from ls_io.rle import decode_rle
 
     client = make_app(segmenter=sam2).test_client()
     body = load_payload("captured_predict_request_interactive.json")["body"]

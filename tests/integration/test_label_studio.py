@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from backend.label_config import parse_label_config
-from backend.rle import decode_rle
+from ls_io.label_config import parse_label_config
+from ls_io.rle import decode_rle
 from scripts.local_stack import ProvisionedProject, SyntheticTask, provision_project, synthetic_tasks
 
 pytestmark = pytest.mark.integration

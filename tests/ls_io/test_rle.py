@@ -1,11 +1,11 @@
-"""backend.rle against the reference codec (label_studio_sdk.converter.brush): byte-identical, lossless."""
+"""ls_io.rle against the reference codec (label_studio_sdk.converter.brush): byte-identical, lossless."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from backend.rle import RLEError, decode_rle, decode_values, encode_rle, encode_values
+from ls_io.rle import RLEError, decode_rle, decode_values, encode_rle, encode_values
 
 
 def random_masks(n: int, seed: int = 0):

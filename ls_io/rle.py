@@ -20,16 +20,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import RLEError
+
 __all__ = ["encode_rle", "decode_rle", "encode_values", "decode_values", "RLEError"]
 
 _WORD_BITS = 8
 _SIZES = (3, 4, 8, 16)
 _HEADER_BITS = 32 + 5 + 16
 _MAX_CHUNK = 1 << 16
-
-
-class RLEError(ValueError):
-    """The RLE is malformed or does not match the expected image size."""
 
 
 def _mask_to_uint8(mask: np.ndarray) -> np.ndarray:

@@ -13,6 +13,9 @@ URL kinds:
 The token only ever goes to the Label Studio host: redirects are followed by hand and lose it when they leave.
 Downloads are capped in bytes, images in pixels; results are cached on disk under sha256(url).
 Tokens never appear in logs or error messages.
+
+Configuration: `MediaConfig` (`MediaConfig.from_env()` reads the same environment variables as the server), or any
+object with the same attributes (the server passes its Settings).
 """
 from __future__ import annotations
 
@@ -27,15 +30,18 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 import numpy as np
+import requests
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BackendError, PayloadTooLarge, UpstreamError, UpstreamTimeout
-from .settings import Settings
+from .errors import MediaError, PayloadTooLarge, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +50,81 @@ _MAX_REDIRECTS = 5
 _REFRESH_MARGIN_S = 30.0
 
 
-class MediaError(BackendError):
-    """Media could not be used: the subclass status says why (502 unreachable, 413 too large, 400 bad URL)."""
+class MediaSettings(Protocol):
+    """What the fetcher reads from its configuration: MediaConfig below, or the server's Settings (same names)."""
 
-    status = 400
+    @property
+    def label_studio_url(self) -> str: ...
+    @property
+    def label_studio_api_key(self) -> str: ...
+    @property
+    def media_cache_dir(self) -> str: ...
+    @property
+    def allowed_hosts(self) -> set[str]: ...
+    @property
+    def media_allow_private(self) -> bool: ...
+    @property
+    def local_files_root(self) -> str: ...
+    @property
+    def media_max_bytes(self) -> int: ...
+    @property
+    def media_max_pixels(self) -> int: ...
+    @property
+    def media_timeout(self) -> float: ...
+    @property
+    def image_cache_items(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Media rules for code outside the server (the loop). Field name == environment variable name, upper-cased,
+    with the server's defaults (backend/settings.py documents each variable and takes its defaults from here)."""
+
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    media_cache_dir: str = ".cache/media"
+    media_allowed_hosts: str = ""
+    media_allow_private: bool = False
+    local_files_root: str = ""
+    media_max_bytes: int = 64 * 1024 * 1024
+    video_max_bytes: int = 1024 * 1024 * 1024
+    media_max_pixels: int = 64_000_000
+    media_timeout: float = 20.0
+    image_cache_items: int = 8
+
+    @property
+    def allowed_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.media_allowed_hosts.split(",") if h.strip()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "MediaConfig":
+        """Read the variables from os.environ (or `environ`); `overrides` win. A malformed value names its variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _parse_env_value(f.type, raw)
+            except ValueError as exc:
+                raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse_env_value(kind: Any, raw: str) -> Any:
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+            raise ValueError("not a boolean (true/false)")
+        return low in {"1", "true", "yes", "on"}
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -93,8 +170,6 @@ class LabelStudioAuth:
             return {"Authorization": f"Bearer {self._access}"}
 
     def _refresh(self) -> None:
-        import requests
-
         try:
             resp = self._session.post(
                 f"{self.base_url}/api/token/refresh/", json={"refresh": self._key}, timeout=self._timeout, allow_redirects=False
@@ -116,9 +191,7 @@ class LabelStudioAuth:
 class MediaFetcher:
     """Downloads and decodes task media. Thread-safe; one per process is enough."""
 
-    def __init__(self, settings: Settings, resolver: Callable[[str], list[str]] | None = None) -> None:
-        import requests
-
+    def __init__(self, settings: MediaSettings, resolver: Callable[[str], list[str]] | None = None) -> None:
         self.settings = settings
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials sneaking in
@@ -213,8 +286,6 @@ class MediaFetcher:
 
     def _get(self, url: str, with_token: bool, max_bytes: int) -> bytes:
         """GET following redirects by hand: the token is dropped as soon as a hop leaves Label Studio's host."""
-        import requests
-
         for _ in range(_MAX_REDIRECTS + 1):
             token_here = with_token and self._is_ls(url)
             if not token_here and not self._is_ls(url):
@@ -319,10 +390,6 @@ class MediaFetcher:
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode image bytes to HxWx3 uint8 RGB with EXIF orientation applied; PayloadTooLarge over `max_pixels`."""
-    import warnings
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's decompression-bomb guard: warns above, raises above 2x
     try:
         with warnings.catch_warnings():

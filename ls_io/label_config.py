@@ -10,9 +10,9 @@ import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from .errors import LabelConfigError
 
-class LabelConfigError(ValueError):
-    """The label config is not XML, or lacks a tag the backend needs (the message names it)."""
+__all__ = ["Control", "LabelConfigError", "ObjectTag", "ParsedConfig", "parse_label_config"]
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from backend.errors import PayloadTooLarge, UpstreamError
-from backend.media import MediaError, MediaFetcher, decode_image, is_public_address
-from bk_helpers import make_jwt, png_bytes, scene
+from ls_io.errors import PayloadTooLarge, UpstreamError
+from ls_io.media import MediaError, MediaFetcher, decode_image, is_public_address
+from fake_label_studio import make_jwt, png_bytes, scene
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 
@@ -138,7 +138,7 @@ def test_local_paths_and_cache(make_settings, fake_ls, media_root):
 
 
 def test_unreachable_and_timeout(make_settings):
-    from backend.errors import UpstreamTimeout
+    from ls_io.errors import UpstreamTimeout
 
     f = fetcher(make_settings, media_allow_private=True, media_timeout=0.5)
     with pytest.raises(UpstreamError, match="unreachable"):
