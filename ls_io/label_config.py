@@ -26,13 +26,31 @@ class Control:
     smart: bool = False
 
 
+# <Video frameRate> when absent: the editor's default (tags/object/Video: framerate "24").
+DEFAULT_VIDEO_FRAME_RATE = 24.0
+
+
 @dataclass(frozen=True)
 class ObjectTag:
-    """The <Image> or <Video>: `name` (to_name in results) and `value_key` (task.data key, "$image" -> "image")."""
+    """The <Image> or <Video>: `name` (to_name in results), `value_key` (task.data key, "$image" -> "image") and,
+    for a video, the raw `frameRate` attribute (a number or "$key" of task.data)."""
 
     tag: str
     name: str
     value_key: str
+    frame_rate: str = ""
+
+    def video_frame_rate(self, data: dict | None = None) -> float:
+        """The frames per second the editor numbers this video's frames with (its timeline); a "$key" rate is
+        read from the task's data; a missing or unusable one gives 24, the editor's default."""
+        raw = self.frame_rate.strip()
+        if raw.startswith("$"):
+            raw = str((data or {}).get(raw[1:], ""))
+        try:
+            rate = float(raw)
+        except ValueError:
+            return DEFAULT_VIDEO_FRAME_RATE
+        return rate if 0 < rate < 1000 else DEFAULT_VIDEO_FRAME_RATE
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,9 @@ def parse_label_config(xml: str) -> ParsedConfig:
             name, value = el.get("name"), el.get("value") or el.get("valueList") or ""
             if not name:
                 raise LabelConfigError(f"<{el.tag}> has no name attribute")
-            objects.append(ObjectTag(tag, name, value.lstrip("$")))
+            # attribute names are case-insensitive in Label Studio configs (frameRate, framerate)
+            rate = next((v for k, v in el.attrib.items() if k.lower() == "framerate"), "")
+            objects.append(ObjectTag(tag, name, value.lstrip("$"), rate))
         elif tag in _CONTROLS:
             name, to_name = el.get("name"), el.get("toName")
             if not name or not to_name:

@@ -41,7 +41,8 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MediaError, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from .errors import (MediaError, MediaNotFound, MediaRefused, MediaUndecodable, PayloadTooLarge, StatusError,
+                     UpstreamError, UpstreamTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,17 @@ def _jwt_claims(token: str) -> dict | None:
     return claims if isinstance(claims, dict) else None
 
 
+def _host_of(url: str) -> str:
+    """host[:port] of a URL for messages: never the userinfo, path or query (they can hold credentials)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    return f"{host}:{port}" if port else host
+
+
 def is_public_address(addr: str) -> bool:
     """False for private, loopback, link-local, multicast, reserved and unspecified addresses."""
     ip = ipaddress.ip_address(addr.split("%")[0])
@@ -223,7 +235,8 @@ class MediaFetcher:
         return bool(self._ls_host) and urlsplit(url).netloc.lower() == self._ls_host
 
     def _check_public_url(self, url: str) -> None:
-        """SSRF rules for a URL that is not Label Studio's: allow-list, then every resolved address."""
+        """SSRF rules for a URL that is not Label Studio's: allow-list, then every resolved address. A refusal is
+        MediaRefused (403: the request asked for what it may not have), not an upstream failure."""
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"}:
             raise MediaError(f"unsupported URL scheme {parts.scheme!r}")
@@ -233,7 +246,7 @@ class MediaFetcher:
         allowed = self.settings.allowed_hosts
         named = host in allowed
         if allowed and "*" not in allowed and not named:
-            raise UpstreamError(f"media host {host} is not in MEDIA_ALLOWED_HOSTS")
+            raise MediaRefused(f"media URL refused: host {host} is not in MEDIA_ALLOWED_HOSTS")
         if named or self.settings.media_allow_private:
             return
         try:
@@ -244,7 +257,7 @@ class MediaFetcher:
             raise UpstreamError(f"media host {host} does not resolve")
         for addr in addrs:
             if not is_public_address(addr):
-                raise UpstreamError(f"media host {host} resolves to a non-public address ({addr}); refused")
+                raise MediaRefused(f"media URL refused: private address ({host} resolves to {addr})")
 
     def resolve_url(self, url: str, task_id: int | None = None) -> tuple[str, str]:
         """(kind, absolute URL or path): kind is 'ls', 'cloud', 'http' or 'local'."""
@@ -270,87 +283,93 @@ class MediaFetcher:
         raise MediaError(f"unsupported media URL scheme {scheme!r}")
 
     # ---------- download ----------
-    def _read_local(self, path: str, max_bytes: int) -> bytes:
+    def _read_local(self, path: str, max_bytes: int, what: str = "media") -> bytes:
         root = self.settings.local_files_root
         if not root:
-            raise MediaError("local media paths are disabled (set LOCAL_FILES_ROOT)")
+            raise MediaRefused("media URL refused: local paths are disabled (set LOCAL_FILES_ROOT)")
         real_root = Path(root).resolve()
         real = (real_root / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
         if not real.is_relative_to(real_root):
-            raise MediaError("local media path is outside LOCAL_FILES_ROOT")
+            raise MediaRefused("media URL refused: local media path is outside LOCAL_FILES_ROOT")
         if not real.is_file():
-            raise UpstreamError(f"local media file not found: {real.name}")
+            raise MediaNotFound(f"{what} could not be fetched: local file {real.name} not found")
         if real.stat().st_size > max_bytes:
-            raise PayloadTooLarge(f"media is {real.stat().st_size} bytes, over the {max_bytes} byte limit")
+            raise PayloadTooLarge(f"{what} is {real.stat().st_size} bytes, over the {max_bytes} byte limit")
         return real.read_bytes()
 
-    def _get(self, url: str, with_token: bool, max_bytes: int) -> bytes:
-        """GET following redirects by hand: the token is dropped as soon as a hop leaves Label Studio's host."""
+    def _get(self, url: str, with_token: bool, max_bytes: int, what: str = "media") -> bytes:
+        """GET following redirects by hand: the token is dropped as soon as a hop leaves Label Studio's host.
+        Errors name `what` ("image", "video") and the host only: never a path or query (presigned URLs carry keys)."""
         for _ in range(_MAX_REDIRECTS + 1):
             token_here = with_token and self._is_ls(url)
             if not token_here and not self._is_ls(url):
                 self._check_public_url(url)
             headers = self.auth.header() if token_here else {}
+            where = _host_of(url)
             try:
                 resp = self.session.get(url, headers=headers, timeout=self.settings.media_timeout, stream=True, allow_redirects=False)
             except requests.Timeout:
-                raise UpstreamTimeout(f"media download timed out ({urlsplit(url).netloc})") from None
+                raise UpstreamTimeout(f"{what} could not be fetched: timed out ({where})") from None
             except requests.RequestException as exc:
-                raise UpstreamError(f"media unreachable ({urlsplit(url).netloc}): {type(exc).__name__}") from None
+                raise UpstreamError(f"{what} could not be fetched: {where} unreachable ({type(exc).__name__})") from None
             with resp:
                 if resp.status_code in (301, 302, 303, 307, 308):
                     location = resp.headers.get("Location")
                     if not location:
-                        raise UpstreamError("media redirect without a Location")
+                        raise UpstreamError(f"{what} could not be fetched: redirect without a Location ({where})")
                     url = urljoin(url, location)
                     continue
+                if resp.status_code in (404, 410):  # the host works; the file is not there: the task's problem
+                    raise MediaNotFound(f"{what} could not be fetched: HTTP {resp.status_code} ({where})")
                 if resp.status_code != 200:
                     hint = " (check LABEL_STUDIO_API_KEY)" if resp.status_code in (401, 403) and token_here else ""
-                    raise UpstreamError(f"media download answered HTTP {resp.status_code} ({urlsplit(url).netloc}){hint}")
+                    raise UpstreamError(f"{what} could not be fetched: HTTP {resp.status_code} ({where}){hint}")
                 declared = resp.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise PayloadTooLarge(f"media is {declared} bytes, over the {max_bytes} byte limit")
+                    raise PayloadTooLarge(f"{what} is {declared} bytes, over the {max_bytes} byte limit")
                 buf = bytearray()
                 try:
                     for chunk in resp.iter_content(1 << 16):
                         buf += chunk
                         if len(buf) > max_bytes:
-                            raise PayloadTooLarge(f"media is over the {max_bytes} byte limit")
+                            raise PayloadTooLarge(f"{what} is over the {max_bytes} byte limit")
                 except requests.Timeout:
-                    raise UpstreamTimeout("media download timed out") from None
+                    raise UpstreamTimeout(f"{what} could not be fetched: timed out ({where})") from None
                 except requests.RequestException as exc:
-                    raise UpstreamError(f"media download failed: {type(exc).__name__}") from None
+                    raise UpstreamError(f"{what} could not be fetched: download failed ({type(exc).__name__})") from None
                 return bytes(buf)
-        raise UpstreamError("too many media redirects")
+        raise UpstreamError(f"{what} could not be fetched: too many redirects")
 
     def _cache_path(self, url: str) -> Path | None:
         if self.cache_dir is None:
             return None
         return self.cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
 
-    def fetch_bytes(self, url: str, task_id: int | None = None, max_bytes: int | None = None) -> bytes:
-        """The raw bytes of a task's media (cached on disk by URL hash)."""
+    def fetch_bytes(self, url: str, task_id: int | None = None, max_bytes: int | None = None,
+                    what: str = "media") -> bytes:
+        """The raw bytes of a task's media (cached on disk by URL hash); errors name `what` ("image", "video")."""
         max_bytes = max_bytes or self.settings.media_max_bytes
         kind, where = self.resolve_url(url, task_id)
         if kind == "local":
-            return self._read_local(where, max_bytes)
+            return self._read_local(where, max_bytes, what)
         cache = self._cache_path(url if kind == "cloud" else where)
         if cache is not None and cache.is_file():
             if cache.stat().st_size <= max_bytes:
                 return cache.read_bytes()
-        data = self._get(where, with_token=kind in {"ls", "cloud"}, max_bytes=max_bytes)
+        data = self._get(where, with_token=kind in {"ls", "cloud"}, max_bytes=max_bytes, what=what)
         if cache is not None:
             self._write_cache(cache, data)
         return data
 
-    def fetch_path(self, url: str, task_id: int | None = None, max_bytes: int | None = None) -> Path:
+    def fetch_path(self, url: str, task_id: int | None = None, max_bytes: int | None = None,
+                   what: str = "media") -> Path:
         """A local file holding the media (for video decoders that want a path)."""
         kind, where = self.resolve_url(url, task_id)
         if kind == "local":
-            self._read_local(where, 1 << 62)  # the checks only
+            self._read_local(where, 1 << 62, what)  # the checks only
             root = Path(self.settings.local_files_root).resolve()
             return (root / where).resolve() if not os.path.isabs(where) else Path(where).resolve()
-        data = self.fetch_bytes(url, task_id, max_bytes)
+        data = self.fetch_bytes(url, task_id, max_bytes, what)
         cache = self._cache_path(url if kind == "cloud" else where)
         if cache is not None and cache.is_file():
             return cache
@@ -378,7 +397,7 @@ class MediaFetcher:
             if key in self._images:
                 self._images.move_to_end(key)
                 return self._images[key]
-        image = decode_image(self.fetch_bytes(url, task_id), self.settings.media_max_pixels)
+        image = decode_image(self.fetch_bytes(url, task_id, what="image"), self.settings.media_max_pixels)
         image.setflags(write=False)
         if self.settings.image_cache_items > 0:
             with self._images_lock:
@@ -389,7 +408,10 @@ class MediaFetcher:
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to HxWx3 uint8 RGB with EXIF orientation applied; PayloadTooLarge over `max_pixels`."""
+    """Decode image bytes to HxWx3 uint8 RGB as the editor shows them: EXIF orientation applied, the first frame
+    of an animation, 16-bit and float samples scaled to 8 bits, transparency composited over white, CMYK and
+    palette converted. PayloadTooLarge over `max_pixels`; MediaUndecodable for anything PIL cannot read
+    (truncated, unknown format, broken chunks: PIL raises many exception types on hostile bytes)."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's decompression-bomb guard: warns above, raises above 2x
     try:
         with warnings.catch_warnings():
@@ -397,11 +419,39 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > max_pixels:
                     raise PayloadTooLarge(f"image is {img.width}x{img.height}, over the {max_pixels} pixel limit")
-                img = ImageOps.exif_transpose(img)
-                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+                img.seek(0)  # animated GIF/PNG, multi-page TIFF: the first frame, as a browser shows before playing
+                img.load()
+                return _to_rgb8(_upright(img))
+    except StatusError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(f"image is over the {max_pixels} pixel limit") from None
     except UnidentifiedImageError:
-        raise MediaError("media is not a decodable image", status=422) from None
-    except OSError as exc:
-        raise MediaError(f"image could not be decoded: {exc}", status=422) from None
+        raise MediaUndecodable("image could not be decoded: not an image format PIL reads") from None
+    except Exception as exc:  # noqa: BLE001 - hostile bytes raise OSError, SyntaxError, ValueError, struct.error...
+        detail = " ".join(str(exc).split())[:120]
+        raise MediaUndecodable(f"image could not be decoded: {type(exc).__name__}: {detail}") from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation (browsers apply it, so the editor's masks are upright); a broken
+    EXIF block is ignored, as browsers ignore it."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - any EXIF parsing error: show it as stored
+        log.debug("EXIF orientation unreadable, image used as stored: %s", exc)
+        return img
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 of any PIL mode."""
+    if img.mode in {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}:  # 16-bit / 32-bit / float grey
+        grey = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and grey.max(initial=0) <= 1.0 else 65535.0 if grey.max(initial=0) <= 65535 else grey.max()
+        grey = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from ls_io.errors import PayloadTooLarge, UpstreamError
+from ls_io.errors import MediaRefused, PayloadTooLarge, UpstreamError
 from ls_io.media import MediaError, MediaFetcher, decode_image, is_public_address
 from fake_label_studio import make_jwt, png_bytes, scene
 
@@ -49,14 +49,16 @@ def test_private_addresses_refused_unless_allowed(make_settings, fake_ls):
     other = fake_ls()
     other.files["/img.png"] = png_bytes(scene())
     f = fetcher(make_settings)
-    with pytest.raises(UpstreamError, match="non-public"):
+    # A refusal by policy is the request's fault (403), not an upstream failure (502): issue 15.
+    with pytest.raises(MediaRefused, match="private address") as refused:
         f.load_image(other.url + "/img.png")
+    assert refused.value.status == 403 and refused.value.kind == "media_refused"
     assert not other.requests, "refused before any connection"
     mixed = fetcher(make_settings, resolver=lambda host: ["93.184.216.34", "169.254.169.254"])
-    with pytest.raises(UpstreamError, match="169.254.169.254"):
+    with pytest.raises(MediaRefused, match="169.254.169.254"):
         mixed.fetch_bytes("http://metadata.example/latest")
     listed = fetcher(make_settings, media_allowed_hosts="example.org")
-    with pytest.raises(UpstreamError, match="MEDIA_ALLOWED_HOSTS"):
+    with pytest.raises(MediaRefused, match="MEDIA_ALLOWED_HOSTS"):
         listed.fetch_bytes("http://elsewhere.org/a.png")
     allowed = fetcher(make_settings, media_allowed_hosts="127.0.0.1")
     assert allowed.load_image(other.url + "/img.png").shape == (48, 64, 3)
