@@ -1,22 +1,26 @@
 """Flask app factory speaking Label Studio's ML-backend protocol.
 
-Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /versions, GET /metrics.
-Errors are JSON `{"error": "<one-line reason>"}` with 400/401/413/422/502/503/504; the worker keeps serving.
+Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /versions, GET /metrics.
+Errors are JSON `{"error": "<one-line reason>", "reason": "<kind>"}` with 400/401/403/404/413/422/502/503/504, the
+reason also in the HTTP status line (Label Studio shows only that: backend/bodies.py); 503s carry Retry-After.
+No traceback or secret is ever in a reply; the worker keeps serving.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ls_io.errors import StatusError
+from ls_io.errors import KINDS, StatusError
 from ls_io.media import MediaFetcher
 
 from .auth import check_basic, check_webhook
-from .errors import BadRequest, Unauthorized
+from .bodies import parse_json_object, status_line
+from .errors import BadRequest, Overloaded, Unauthorized
 from .jobs import TrainingJobs
 from .metrics import Registry
 from .model import DAMBackend
@@ -27,13 +31,39 @@ log = logging.getLogger("backend")
 EXTENSION = "dam_backend"
 
 
-def _json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if data is None:
-        raise BadRequest("request body is not valid JSON")
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
+def _json_body(settings: Settings) -> dict[str, Any]:
+    """The body as a JSON object (any Content-Type), nesting limited; 413 over MAX_REQUEST_BYTES (werkzeug)."""
+    return parse_json_object(request.get_data(cache=True), settings.max_json_depth)
+
+
+def error_reply(status: int, reason: str, kind: str, retry_after: int | None = None) -> Response:
+    """`{"error": reason, "reason": kind}` with the reason in the status line too (see backend/bodies.py)."""
+    resp = jsonify(error=reason, reason=kind)
+    resp.status = status_line(status, reason)
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(int(retry_after))
+    return resp
+
+
+class BatchGate:
+    """At most `limit` batch /predict requests at once (0: no limit); the next one is told to come back."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit, self.retry_after = limit, retry_after
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "BatchGate":
+        with self._lock:
+            if self.limit and self._running >= self.limit:
+                raise Overloaded(f"busy with {self._running} batch requests: retry in {self.retry_after} s",
+                                 retry_after=self.retry_after)
+            self._running += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
 
 
 def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
@@ -43,7 +73,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    metrics = Registry()
+    metrics = Registry(failure_reasons=KINDS)
+    gate = BatchGate(settings.max_batch_requests, settings.retry_after_seconds)
     store = ModelStore(settings, loader=loader, metrics=metrics)
     segmenters = SegmenterStore(settings, factory=segmenter_factory, device=store.device)
     jobs = TrainingJobs(settings.events_file, settings.train_command, settings.train_log_dir)
@@ -82,17 +113,23 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     def _status_error(exc: StatusError):
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return jsonify(error=str(exc)), exc.status
+        return error_reply(exc.status, str(exc), exc.kind if exc.kind in KINDS else "other",
+                           getattr(exc, "retry_after", None) if exc.status == 503 else None)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        reason = " ".join((exc.description or exc.name).split())
-        return jsonify(error=reason), exc.code or 500
+        code = exc.code or 500
+        if code == 413:
+            reason = f"request body is over the {settings.max_request_bytes} byte limit (MAX_REQUEST_BYTES)"
+        else:
+            reason = " ".join((exc.description or exc.name).split())
+        return error_reply(code, reason, "bad_request" if code < 500 else "other")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        # The traceback goes to the log only; the reply names the type (no message: it could hold a secret).
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return jsonify(error=f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"), 500
+        return error_reply(500, f"internal error ({type(exc).__name__}); see the backend log", "other")
 
     def health():
         loaded = store.loaded
@@ -104,7 +141,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
 
     @app.post("/setup")
     def setup():
-        body = _json_body()
+        body = _json_body(settings)
         schema = body.get("schema")
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("setup needs 'schema' (the label config XML)")
@@ -116,27 +153,50 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
 
     @app.post("/predict")
     def predict():
-        body = _json_body()
+        body = _json_body(settings)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("predict needs 'tasks' (a list)")
+        if len(tasks) > settings.max_tasks_per_request:
+            raise BadRequest(f"{len(tasks)} tasks in one request, over the limit of {settings.max_tasks_per_request}"
+                             " (MAX_TASKS_PER_REQUEST)")
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         context = params.get("context")
         if context is not None and not isinstance(context, dict):
             raise BadRequest("params.context must be an object or null")
+        ctx_result = (context or {}).get("result")
+        if isinstance(ctx_result, list) and len(ctx_result) > settings.max_context_regions:
+            raise BadRequest(f"{len(ctx_result)} items in context.result, over the limit of "
+                             f"{settings.max_context_regions} (MAX_CONTEXT_REGIONS)")
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise BadRequest("label_config must be a string")
-        results = backend.predict(tasks, context, label_config=label_config)
-        return jsonify(results=results, model_version=results[0]["model_version"] if results else store.model_version)
+        pinned = body.get("model_version")
+        if pinned is not None and not isinstance(pinned, str):
+            raise BadRequest("model_version must be a string")
+        if ctx_result:  # interactive: an annotator is waiting, never turned away for load
+            reply = backend.predict_reply(tasks, context, label_config, model_version=pinned)
+        else:
+            with gate:
+                reply = backend.predict_reply(tasks, context, label_config, model_version=pinned)
+        # "failed" is ours (Label Studio reads only "results"): which tasks got no prediction, and why.
+        return jsonify(results=reply.results, model_version=reply.model_version, failed=reply.failures)
 
     @app.post("/webhook")
     def webhook():
-        body = _json_body()
+        body = _json_body(settings)
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("webhook needs 'action'")
         return jsonify(status="ok", **backend.fit(action, body)), 201
+
+    @app.post("/train")
+    def train():
+        """Label Studio's older "Start Training" call (1.23 sends START_TRAINING to /webhook instead)."""
+        body = _json_body(settings)
+        if "annotations" in body and not isinstance(body["annotations"], list):
+            raise BadRequest("train's 'annotations' must be a list")
+        return jsonify(status="ok", **backend.fit("START_TRAINING", body)), 201
 
     @app.get("/versions")
     def versions():

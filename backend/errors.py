@@ -5,10 +5,12 @@ errors live in ls_io and are re-exported here; this module adds only what is spe
 """
 from __future__ import annotations
 
-from ls_io.errors import BadRequest, MediaError, PayloadTooLarge, StatusError, Unprocessable, UpstreamError, UpstreamTimeout
+from ls_io.errors import (BadRequest, MediaError, MediaNotFound, MediaRefused, MediaUndecodable, PayloadTooLarge,
+                          StatusError, Unprocessable, UpstreamError, UpstreamTimeout)
 
-__all__ = ["BackendError", "BadRequest", "MediaError", "ModelUnavailable", "PayloadTooLarge", "StatusError",
-           "Unauthorized", "Unprocessable", "UpstreamError", "UpstreamTimeout"]
+__all__ = ["BackendError", "BadRequest", "EmptyMask", "MediaError", "MediaNotFound", "MediaRefused",
+           "MediaUndecodable", "ModelError", "ModelUnavailable", "NotFound", "Overloaded", "PayloadTooLarge",
+           "StatusError", "Unauthorized", "Unprocessable", "UpstreamError", "UpstreamTimeout"]
 
 
 class BackendError(StatusError):
@@ -19,7 +21,40 @@ class Unauthorized(BackendError):
     status = 401
 
 
+class NotFound(BackendError):
+    """A model version (or other named thing) the request asks for is not here."""
+
+    status = 404
+    kind = "bad_request"
+
+
+class EmptyMask(Unprocessable):
+    """A region (or the prompts) covers no pixel: nothing to describe. A normal outcome, not a crash: the model
+    (dam_model.focal) refuses empty masks, so the backend checks before calling it."""
+
+    kind = "empty_mask"
+
+
+class ModelError(Unprocessable):
+    """The model or the segmenter rejected this input (a ValueError on the model path): the region is unusable."""
+
+    kind = "model_error"
+
+
 class ModelUnavailable(BackendError):
     """No model could be loaded."""
 
     status = 503
+    kind = "model_unavailable"
+    retry_after = 30
+
+
+class Overloaded(BackendError):
+    """Too many batch requests at once: come back in `retry_after` seconds."""
+
+    status = 503
+    kind = "overloaded"
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import BackendError
+
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +44,12 @@ class TrainingJobs:
             "task": task.get("id", annotation.get("task")),
             "annotation": annotation.get("id"),
         }
-        self.events_file.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.events_file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+        try:
+            self.events_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(self.events_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+        except OSError as exc:  # a full or read-only disk: say so, the worker keeps serving
+            raise BackendError(f"webhook event could not be recorded: {type(exc).__name__}", status=503) from None
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -54,13 +59,20 @@ class TrainingJobs:
         with self._lock:
             if self.running():
                 return {"status": "already_running", "pid": self._proc.pid}  # type: ignore[union-attr]
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            if not self.command:
+                raise BackendError("training is not configured: TRAIN_COMMAND is empty", status=503)
             log_path = self.log_dir / f"train-{time.strftime('%Y%m%dT%H%M%S')}.log"
-            with open(log_path, "ab") as log_fh:
-                self._proc = subprocess.Popen(
-                    self.command, cwd=self.cwd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, env=os.environ.copy(),
-                )
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "ab") as log_fh:
+                    self._proc = subprocess.Popen(
+                        self.command, cwd=self.cwd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True, env=os.environ.copy(),
+                    )
+            except OSError as exc:  # TRAIN_COMMAND missing or not executable: a configuration error, named
+                log.error("training could not start (%s): %s", self.command[:1], exc)
+                raise BackendError(f"training could not start: {type(exc).__name__} (check TRAIN_COMMAND)",
+                                   status=503) from None
             log.info("training started (pid %d), log %s", self._proc.pid, log_path)
             return {"status": "started", "pid": self._proc.pid, "log": str(log_path)}
 

@@ -117,14 +117,23 @@ class Histogram(_Metric):
 class Registry:
     """The backend's metrics; one per app."""
 
-    def __init__(self) -> None:
+    def __init__(self, failure_reasons: Iterable[str] = ()) -> None:
         self.requests = Counter("dam_backend_requests_total", "HTTP requests by route and status.", ("route", "status"))
         self.latency = Histogram("dam_backend_request_seconds", "HTTP request latency by route.", ("route",))
         self.regions = Counter("dam_backend_regions_described_total", "Regions captioned, by kind.", ("kind",))
         self.model_info = Gauge("dam_backend_model_info", "The model version being served (value 1).", ("model_version",))
         self.model_load = Gauge("dam_backend_model_load_seconds", "Seconds the last model load took.", ("model_version",))
         self.model_loads = Counter("dam_backend_model_loads_total", "Model loads by outcome.", ("outcome",))
-        self._all = [self.requests, self.latency, self.regions, self.model_info, self.model_load, self.model_loads]
+        self.failed_tasks = Counter("dam_backend_failed_tasks_total",
+                                    "Batch tasks answered without a prediction (Label Studio retries them), by reason.",
+                                    ("reason",))
+        self.skipped_regions = Counter("dam_backend_skipped_regions_total",
+                                       "Regions left out of a batch prediction (the task kept its others), by reason.",
+                                       ("reason",))
+        for reason in failure_reasons:  # every reason shows from the start, at 0: rate() and alerts need the series
+            self.failed_tasks.inc(0, reason=reason)
+        self._all = [self.requests, self.latency, self.regions, self.model_info, self.model_load, self.model_loads,
+                     self.failed_tasks, self.skipped_regions]
 
     def render(self) -> str:
         lines: list[str] = []

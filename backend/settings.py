@@ -123,7 +123,18 @@ class Settings:
     warm_up_on_start: bool = True
     """Start loading the model in the background as soon as the worker starts (else at /setup or first /predict)."""
     max_request_bytes: int = 256 * 1024 * 1024
-    """Largest request body (interactive payloads grow with every accepted mask)."""
+    """Largest request body (interactive payloads grow with every accepted mask); larger: 413."""
+    max_json_depth: int = 64
+    """Deepest nesting of a request body's JSON (Label Studio's payloads nest about 8 deep); deeper: 400."""
+    max_tasks_per_request: int = 10000
+    """Most tasks in one /predict (Label Studio sends every selected task at once); more: 400."""
+    max_context_regions: int = 1000
+    """Most items in an interactive request's context.result; more: 400."""
+    max_batch_requests: int = 2
+    """Batch /predict requests served at once per worker; one more gets 503 with Retry-After (0: no limit).
+    Interactive requests are never refused for it: an annotator is waiting."""
+    retry_after_seconds: int = 5
+    """The Retry-After of a 503 for an overloaded worker."""
     model_name: str = "dam"
     """Name used in model_version when serving DAM_MODEL directly."""
     log_level: str = "INFO"
@@ -134,7 +145,8 @@ class Settings:
             raise ValueError(f"NO_REGION_MODE={self.no_region_mode!r}: expected skip or auto")
         if self.segmenter not in {"sam2", "region", "color", "none"}:
             raise ValueError(f"SEGMENTER={self.segmenter!r}: expected sam2, region (alias color) or none")
-        for name in ("auto_max_masks", "video_frames", "max_new_tokens", "media_max_bytes", "media_max_pixels"):
+        for name in ("auto_max_masks", "video_frames", "max_new_tokens", "media_max_bytes", "media_max_pixels",
+                     "max_json_depth", "max_tasks_per_request", "max_context_regions", "retry_after_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")
         if self.models_root_is_s3:
@@ -142,6 +154,8 @@ class Settings:
                 parse_s3_url(self.models_root)
             except ValueError as exc:
                 raise ValueError(f"MODELS_ROOT: {exc}") from None
+        if self.max_batch_requests < 0:
+            raise ValueError("MAX_BATCH_REQUESTS must be >= 0 (0: no limit)")
         if self.model_poll_seconds < 0:
             raise ValueError("MODEL_POLL_SECONDS must be >= 0")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

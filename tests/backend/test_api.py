@@ -168,14 +168,18 @@ def test_batch_one_broken_task_keeps_the_others(ls_app, fake_dam):
     r = app.test_client().post("/predict", json=predict_body([good, broken, missing], CAPTURED_CONFIG))
     assert r.status_code == 200
     res = r.json["results"]
-    assert len(res) == 3 and len(res[0]["result"]) == 2 and res[1]["result"] == [] and res[2]["result"] == []
+    # Issue 15: a task that failed gets [] (Label Studio stores NO prediction, so it is retried), not {"result": []}.
+    assert len(res) == 3 and len(res[0]["result"]) == 2 and res[1] == [] and res[2] == []
+    assert [(f["task"], f["reason"]) for f in r.json["failed"]] == [(broken["id"], "bad_region"),
+                                                                    (missing["id"], "media_not_found")]
 
 
 @pytest.mark.parametrize("mutate, status, words", [
     (lambda t: t["annotations"][0]["result"][0]["value"].update(rle=[1, 2, 3]), 422, "RLE"),
     (lambda t: t["annotations"][0]["result"][0]["value"].update(rle=[0, 0, 48, 0, 57, 27, "x"]), 422, "RLE"),
     (lambda t: t["annotations"][0]["result"][0].update(original_width=32), 422, "32x48"),
-    (lambda t: t["data"].update(image="/data/upload/1/absent.png"), 502, "404"),
+    # Issue 15: the host answered "not there": the task's problem (422), not an upstream failure (502).
+    (lambda t: t["data"].update(image="/data/upload/1/absent.png"), 422, "image could not be fetched: HTTP 404"),
     (lambda t: t.update(data="oops"), 400, "data"),
 ])
 def test_single_task_errors_have_statuses(ls_app, mutate, status, words):

@@ -1,0 +1,253 @@
+"""Batch /predict ("Retrieve predictions"): caption the regions already in each task; a failure stays visible.
+
+Every region already in the task (annotations, drafts, predictions, task.data["regions"]) is captioned with ONE
+describe(image, masks) call per image; tasks without regions follow NO_REGION_MODE. Video: each VideoRectangle
+track, read frame by frame with Label Studio's own keyframe rule (ls_io.tracks) on Label Studio's timeline (the
+<Video frameRate>) -> SAM 2 masklet (box prompt on the first frame the track is shown, propagated) or, without a
+video segmenter, the track's boxes as masks -> describe_video(8 sampled frames) -> a textarea on the track's id.
+
+Failures (Label Studio 1.23, ml/models.py `_get_predictions_from_ml_backend`: a task's entry may be a LIST of
+predictions, and an empty list stores none; `predict_tasks` only skips tasks holding a prediction of the current
+model_version):
+- a task that cannot be captioned (media missing, refused or undecodable, a malformed region, every region empty,
+  a model error) gets `[]`: no prediction is stored, the next "Retrieve predictions" retries exactly that task.
+  It is logged in one line (task id, reason kind, reason), counted in dam_backend_failed_tasks_total{reason} and
+  listed in the reply's "failed" (Label Studio ignores that key; the bulk job reads it). With ONE task the error
+  status is the answer instead (Label Studio then stores nothing either, and the status says why).
+- a region with no pixels (an erased brush, a keypoint or polygon that selects nothing) is skipped, logged and
+  counted in dam_backend_skipped_regions_total{reason="empty_mask"}; the task keeps its other regions. A rectangle
+  whose SAM 2 mask is empty is captioned as the rectangle itself.
+- model or segmenter unavailable, or the worker overloaded: the whole request answers 503 (no task is at fault).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from dam_model.segmentation import AutoMaskSegmenter, VideoSegmenter, sample_frames
+from ls_io import results as R
+from ls_io.errors import KINDS, StatusError
+from ls_io.label_config import ParsedConfig
+from ls_io.regions import GEOMETRY_TYPES, TRACK_TYPES, labels_of, rectangle_box, region_type
+from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
+from ls_io.video_io import decode_video
+
+from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, Overloaded, Unprocessable
+
+if TYPE_CHECKING:  # type hints only: model.py imports this module
+    from .model import DAMBackend
+    from .model_store import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def task_label(task: Any) -> str:
+    """The task id for a log line or a reason: an int as is, anything else quoted and cut (ids come from the
+    request: never let one forge a log line)."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return str(tid) if isinstance(tid, int) else json.dumps(tid)[:40]
+
+
+def region_label(item: dict[str, Any]) -> str:
+    rid = item.get("id")
+    return rid[:64] if isinstance(rid, str) and rid.isprintable() else json.dumps(rid)[:64]
+
+
+def as_status_error(exc: Exception) -> StatusError:
+    """A task's failure as a StatusError: as is, a ValueError of the model path as a 422, anything else a 500."""
+    if isinstance(exc, StatusError):
+        return exc
+    if isinstance(exc, ValueError):
+        return ModelError(f"the task could not be described: {' '.join(str(exc).split())[:200]}")
+    return BackendError(f"internal error ({type(exc).__name__}); see the backend log")
+
+
+def predict(backend: "DAMBackend", tasks: Sequence[dict[str, Any]], cfg: ParsedConfig,
+            loaded: "LoadedModel") -> tuple[list[Any], list[dict[str, Any]]]:
+    """(one entry per task, the failures): see the module docstring."""
+    results: list[Any] = []
+    failures: list[dict[str, Any]] = []
+    for task in tasks:
+        try:
+            results.append(batch_task(backend, task, cfg, loaded))
+        except (ModelUnavailable, Overloaded):
+            raise  # not this task's fault: the whole request is retried
+        except Exception as exc:  # noqa: BLE001 - one broken task must not lose the others
+            error = as_status_error(exc)
+            kind = error.kind if error.kind in KINDS else "other"
+            if not isinstance(exc, (StatusError, ValueError)):
+                log.exception("task %s: unexpected error", task_label(task))
+            log.warning("task %s: no prediction (%s): %s", task_label(task), kind, error)
+            if backend.metrics is not None:
+                backend.metrics.failed_tasks.inc(reason=kind)
+            if len(tasks) == 1:
+                raise error from None  # one task: the status tells Label Studio (and the log) what went wrong
+            results.append([])  # Label Studio stores no prediction: the task is retried next time
+            failures.append({"task": task.get("id") if isinstance(task.get("id"), int) else None,
+                             "reason": kind, "error": str(error)})
+    return results, failures
+
+
+def skip_region(backend: "DAMBackend", task: dict[str, Any], item: dict[str, Any], error: StatusError) -> None:
+    log.warning("task %s: region %s skipped (%s): %s", task_label(task), region_label(item), error.kind, error)
+    if backend.metrics is not None:
+        backend.metrics.skipped_regions.inc(reason=error.kind)
+
+
+def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Geometry items already present in a task, first occurrence of each id wins:
+    annotations, then drafts, then predictions, then task.data["regions"] (region data imported with the task)."""
+    seen: dict[str, dict[str, Any]] = {}
+    sources: list[Any] = []
+    for key in ("annotations", "drafts", "predictions"):
+        entries = task.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and not entry.get("was_cancelled"):
+                sources.append(entry.get("result") or [])
+    data = task.get("data")
+    if isinstance(data, dict) and isinstance(data.get("regions"), list):
+        sources.append(data["regions"])
+    for result in sources:
+        if not isinstance(result, list):
+            continue
+        for item in result:
+            if not isinstance(item, dict) or region_type(item) not in GEOMETRY_TYPES:
+                continue
+            rid = item.get("id")
+            rid = rid if isinstance(rid, str) else json.dumps(rid) if rid is not None else ""
+            if rid and rid in seen:
+                continue
+            seen[rid or R.new_region_id()] = item
+    return list(seen.values())
+
+
+def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel") -> dict[str, Any]:
+    if cfg.is_video:
+        return video_task(backend, task, cfg, loaded)
+    regions = [r for r in collect_regions(task) if region_type(r) not in TRACK_TYPES
+               and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+    if not regions and backend.settings.no_region_mode == "skip":
+        return R.prediction([], [], loaded.version)
+    image = backend.image_of(task, cfg)
+    height, width = image.shape[:2]
+    kept, masks, mask_scores, queries = [], [], [], []
+    if regions:
+        for item in regions:
+            try:
+                mask, mscore = backend.mask_of(item, image)
+            except EmptyMask as exc:
+                skip_region(backend, task, item, exc)
+                continue
+            kept.append(item)
+            masks.append(mask)
+            mask_scores.append(mscore)
+            queries.append(backend.query_for(labels_of(item)))
+        if not masks:
+            raise EmptyMask(f"every region of the task is empty ({len(regions)}): nothing to describe")
+    else:  # NO_REGION_MODE=auto: describe everything SAM 2 finds
+        seg = backend.segmenter()
+        if seg is None:
+            raise Unprocessable("NO_REGION_MODE=auto needs a segmenter (SEGMENTER=sam2 or color)")
+        if cfg.brush is None:
+            raise Unprocessable("NO_REGION_MODE=auto needs a <BrushLabels> to hold the masks")
+        if not isinstance(seg, AutoMaskSegmenter):
+            raise Unprocessable(f"NO_REGION_MODE=auto needs SAM 2 ({type(seg).__name__} has no automatic masks)")
+        found = seg.automatic_masks(image, max_masks=backend.settings.auto_max_masks,
+                                    min_area=backend.settings.auto_min_area)
+        for pred in found[: backend.settings.auto_max_masks]:
+            mask = np.asarray(pred.mask, dtype=bool)
+            if mask.any():  # an empty proposal is nothing found, not a region
+                masks.append(mask)
+                mask_scores.append(float(pred.score))
+                queries.append(None)
+    if not masks:
+        return R.prediction([], [], loaded.version)  # auto mode found nothing: a real (empty) answer
+    captions = backend.describe(loaded, image, masks, queries)
+    out, scores = [], []
+    default_labels = [cfg.brush.labels[0]] if cfg.brush is not None and cfg.brush.labels else []
+    for i, (mask, cap, mscore) in enumerate(zip(masks, captions, mask_scores)):
+        score = R.region_score(cap.confidence, mscore)
+        if kept:
+            item = kept[i]
+            region_id = str(item.get("id") or R.new_region_id())
+            out.append(R.echo_result({**item, "id": region_id}, loaded.version))
+        else:
+            region_id = R.new_region_id()
+            out.append(R.brush_result(cfg, region_id, mask, default_labels, loaded.version, score))
+        out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
+        scores.append(score)
+    return R.prediction(out, scores, loaded.version)
+
+
+def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
+    """`n` indices spread over the frames where the mask is not empty, by dam_model's `sample_frames` rule (the
+    rule DAM's video input uses; frames repeat when fewer than n are usable); [] when every mask is empty."""
+    if not any(np.any(m) for m in masks):
+        return []
+    return [int(i) for i in sample_frames(masks, n)]
+
+
+def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel") -> dict[str, Any]:
+    tracks = [r for r in collect_regions(task) if region_type(r) in TRACK_TYPES
+              and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+    if not tracks:
+        return R.prediction([], [], loaded.version)
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    url = data.get(cfg.obj.value_key)
+    if not url or not isinstance(url, str):
+        raise BadRequest(f"task {task_label(task)} has no data.{cfg.obj.value_key}")
+    task_id = task.get("id") if isinstance(task.get("id"), int) else None
+    path = backend.fetcher.fetch_path(url, task_id, max_bytes=backend.settings.video_max_bytes, what="video")
+    # Frames on Label Studio's timeline: keyframe numbers count at the config's frame rate, also for VFR files.
+    frames = decode_video(path, max_pixels=backend.settings.media_max_pixels,
+                          frame_rate=cfg.obj.video_frame_rate(data))
+    if not frames:
+        raise Unprocessable("video has no decodable frames", kind="media_undecodable")
+    height, width = frames[0].shape[:2]
+    seg = backend.segmenter()
+    per_track: dict[str, list[np.ndarray]] = {}
+    prompts = []
+    for item in tracks:
+        rid = str(item.get("id"))
+        value = item.get("value") if isinstance(item.get("value"), dict) else {}
+        seq = [s for s in value.get("sequence") or [] if isinstance(s, dict)]
+        if not seq:
+            raise Unprocessable(f"video track {region_label(item)} has no sequence", kind="bad_region")
+        covered = timeline_length(value, len(frames))
+        boxes = track_boxes(seq, covered) + [None] * (len(frames) - covered)
+        if not isinstance(seg, VideoSegmenter):
+            per_track[rid] = track_masks(boxes, height, width)
+            continue
+        # SAM 2 follows the object from the first frame where Label Studio shows its box.
+        first = next((i for i, box in enumerate(boxes) if box_visible(box, height, width)), None)
+        if first is not None:
+            prompts.append({"frame_index": first, "obj_id": rid, "box": rectangle_box(boxes[first], width, height)})
+    if prompts:
+        for rid, masks in seg.track_video(frames, prompts).items():
+            per_track[str(rid)] = [np.asarray(m, dtype=bool) for m in masks]
+    out, scores = [], []
+    for item in tracks:
+        rid = str(item.get("id"))
+        masks = per_track.get(rid) or []
+        idx = sample_frame_indices(masks, backend.settings.video_frames)
+        if not idx:  # e.g. every keyframe lies past the end of the video: nothing of the track is shown
+            skip_region(backend, task, item, EmptyMask(f"track {region_label(item)} is empty on every frame"))
+            continue
+        try:
+            with loaded.lock:
+                cap = loaded.model.describe_video([frames[i] for i in idx], [masks[i] for i in idx],
+                                                  max_new_tokens=backend.settings.max_new_tokens)
+        except ValueError as exc:
+            raise ModelError(f"the model could not describe track {region_label(item)}: {exc}") from None
+        if backend.metrics is not None:
+            backend.metrics.regions.inc(1, kind="video")
+        score = R.region_score(cap.confidence)
+        out.append(R.echo_result(item, loaded.version))
+        out.append(R.textarea_result(cfg, rid, cap.text, width, height, loaded.version, score))
+        scores.append(score)
+    if not out:
+        raise EmptyMask(f"every video track of the task is empty on every frame ({len(tracks)}): nothing to describe")
+    return R.prediction(out, scores, loaded.version)
