@@ -50,6 +50,8 @@ class FakeLabelStudio:
         self.refresh_token = refresh_token
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
+        self.statuses: dict[str, int] = {}  # path -> forced HTTP status (a failing host)
+        self.delays: dict[str, float] = {}  # path -> seconds to wait before answering (a slow host)
         self.requests: list[dict[str, Any]] = []
         self.access_tokens: list[str] = []
         self.access_ttl = 300
@@ -78,6 +80,10 @@ class FakeLabelStudio:
             def do_GET(self):
                 outer.requests.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization")})
                 path = urlsplit(self.path).path
+                if path in outer.delays:
+                    time.sleep(outer.delays[path])
+                if path in outer.statuses:
+                    return self._send(outer.statuses[path], b"{}", "application/json")
                 if path in outer.redirects:
                     self.send_response(302)
                     self.send_header("Location", outer.redirects[path])
@@ -107,7 +113,8 @@ class FakeLabelStudio:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: shutdown() (every test teardown) returns in 50 ms instead of 500
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
