@@ -40,8 +40,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, trained_dam_dir: Path):
-    """Label Studio + moto + backend, started once per module (Label Studio's first start takes ~40-60 s)."""
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, trained_dam_dir: Path):
+    """Label Studio + moto + backend, started once per module (Label Studio's first start takes ~40-60 s).
+    A module's BACKEND_ENV (a dict) adds to the backend's environment."""
     bin_path = label_studio_bin()  # raises with the fix when Label Studio is not installed: a failure, not a skip
     assert os.access(bin_path, os.X_OK), bin_path
     run_dir = tmp_path_factory.mktemp("ls-stack")
@@ -53,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, trained_dam_dir: Path):
         ls = services.start_label_studio(free_port(), credentials, run_dir / "label-studio")
         env = backend_env(trained_dam_dir, ls.url, credentials.token, run_dir, segmenter="region", s3=s3,
                           extra={"NO_REGION_MODE": "skip", "MAX_NEW_TOKENS": "24", "MODEL_POLL_SECONDS": "0",
-                                 "LOG_LEVEL": "DEBUG"})
+                                 "LOG_LEVEL": "DEBUG", **getattr(request.module, "BACKEND_ENV", {})})
         backend = services.start_backend(free_port(), env)
         yield Stack(ls=ls, backend=backend, s3=s3, api=LabelStudioAPI(ls.url, credentials.token),
                     credentials=credentials, run_dir=run_dir,
