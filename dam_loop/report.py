@@ -57,6 +57,17 @@ class RegionExample:
             raise ValueError(f"mask {self.mask.shape} does not match the image {self.image.shape[:2]}")
 
 
+def category_accuracy(region_scores: Mapping[str, float], region_categories: Mapping[str, str]) -> dict[str, float]:
+    """{category: mean score} of one round, e.g. the DLC-style region scores (dam_loop.gate.dlc_region_scores)
+    grouped by the region's synthetic shape (``attributes["shape"]``); regions without a category are left out."""
+    groups: dict[str, list[float]] = {}
+    for region_id, score in region_scores.items():
+        category = region_categories.get(region_id)
+        if category is not None:
+            groups.setdefault(str(category), []).append(float(score))
+    return {category: float(np.mean(scores)) for category, scores in sorted(groups.items())}
+
+
 # ----------------------------------------------------------------------------------------------- pictures
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

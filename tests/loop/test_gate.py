@@ -7,7 +7,10 @@ Every number comes from fixed seeds, so each test is deterministic.
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
+import inspect
 import json
 import math
 
@@ -197,6 +200,14 @@ def test_unpaired_or_broken_scores_are_refused():
 def test_settings_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         GateSettings(**{field: value})
+
+
+def test_every_setting_has_a_field_doc():
+    """Flags and the README table can be generated from the docstrings under the fields (as for TrainConfig)."""
+    body = ast.parse(inspect.getsource(GateSettings)).body[0].body
+    documented = {node.target.id for node, after in zip(body, body[1:])
+                  if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
+    assert documented == {f.name for f in dataclasses.fields(GateSettings)}
 
 
 def test_student_t_quantile_matches_tables():

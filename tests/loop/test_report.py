@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from dam_loop.gate import decide  # noqa: E402
 from dam_loop.kpis import CaptionEdit, kpis_by  # noqa: E402
-from dam_loop.report import RegionExample, region_crop_png, write_nightly_report  # noqa: E402
+from dam_loop.report import RegionExample, category_accuracy, region_crop_png, write_nightly_report  # noqa: E402
 
 
 class PageParts(HTMLParser):
@@ -108,3 +108,8 @@ def test_the_crop_zooms_on_the_region_and_marks_it():
     pixels = np.asarray(picture)
     assert (pixels == (255, 0, 200)).all(axis=2).any()  # the outline
     assert picture.size[0] / picture.size[1] == pytest.approx(14 / 12, rel=0.1)  # the box plus context, not the image
+
+
+def test_category_accuracy_groups_region_scores():
+    scores = {"a": 1.0, "b": 0.5, "c": 0.25, "d": 0.9}
+    assert category_accuracy(scores, {"a": "square", "b": "square", "c": "circle"}) == {"circle": 0.25, "square": 0.75}
