@@ -281,8 +281,8 @@ def decide(champion: Mapping[Hashable, float], candidate: Mapping[Hashable, floa
         outcome, reason = "not_better", (f"not promoted: improvement {text}: the lower bound does not clear the "
                                          f"margin {settings.margin:.3f}")
     elif not regression.passed:
-        outcome = "regression_set_too_small" if regression.comparison and regression.comparison.n < settings.min_val_regions \
-            else "regression"
+        too_small = regression.comparison is not None and regression.comparison.n < settings.min_val_regions
+        outcome = "regression_set_too_small" if too_small else "regression"
         reason = f"refused: improvement {text} clears the margin {settings.margin:.3f}, but {regression.reason}"
     else:
         outcome, reason = "promoted", (f"promoted: improvement {text} clears the margin {settings.margin:.3f}; "
