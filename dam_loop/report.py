@@ -57,7 +57,7 @@ class RegionExample:
             raise ValueError(f"mask {self.mask.shape} does not match the image {self.image.shape[:2]}")
 
 
-def category_accuracy(region_scores: Mapping[str, float], region_categories: Mapping[str, str]) -> dict[str, float]:
+def accuracy_per_category(region_scores: Mapping[str, float], region_categories: Mapping[str, str]) -> dict[str, float]:
     """{category: mean score} of one round, e.g. the DLC-style region scores (dam_loop.gate.dlc_region_scores)
     grouped by the region's synthetic shape (``attributes["shape"]``); regions without a category are left out."""
     groups: dict[str, list[float]] = {}

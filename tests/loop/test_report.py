@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from dam_loop.gate import decide  # noqa: E402
 from dam_loop.kpis import CaptionEdit, kpis_by  # noqa: E402
-from dam_loop.report import RegionExample, category_accuracy, region_crop_png, write_nightly_report  # noqa: E402
+from dam_loop.report import RegionExample, accuracy_per_category, region_crop_png, write_nightly_report  # noqa: E402
 
 
 class PageParts(HTMLParser):
@@ -110,6 +110,6 @@ def test_the_crop_zooms_on_the_region_and_marks_it():
     assert picture.size[0] / picture.size[1] == pytest.approx(14 / 12, rel=0.1)  # the box plus context, not the image
 
 
-def test_category_accuracy_groups_region_scores():
+def test_accuracy_per_category_groups_region_scores():
     scores = {"a": 1.0, "b": 0.5, "c": 0.25, "d": 0.9}
-    assert category_accuracy(scores, {"a": "square", "b": "square", "c": "circle"}) == {"circle": 0.25, "square": 0.75}
+    assert accuracy_per_category(scores, {"a": "square", "b": "square", "c": "circle"}) == {"circle": 0.25, "square": 0.75}
