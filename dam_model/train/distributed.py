@@ -140,7 +140,8 @@ def wrap_model(model: DescribeAnythingModel, ctx: DistributedContext,
         # parameters the forward never reads: DDP must look for unused parameters (a parameter unused on every rank
         # keeps grad None, as in one process, so AdamW skips it there too).
         find_unused_parameters=True,
-        broadcast_buffers=False,  # the buffers (rotary tables) never change in training: synced once at wrap time
+        forward_sync_buffers=False,  # the buffers (rotary tables) never change in training: synced once, here
+        gradient_as_bucket_view=True,  # the gradients live in DDP's buckets: no second copy of them
     )
 
 
