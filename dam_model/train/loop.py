@@ -80,36 +80,14 @@ def _train(cfg: TrainConfig, train_list: list[Sample], val_list: list[Sample],
             flush=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out_dir = Path(cfg.out_dir)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     steps = total_steps(cfg, len(train_list), ctx.world_size)
-
-    # Seed before building anything random (LoRA init); a resume then restores the exact RNG states.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    torch.manual_seed(cfg.seed)
-    model = load_model(init_model, device)
-    if model.tokenizer is None:
-        raise ValueError("model has no tokenizer attached (build it with from_config(cfg, tokenizer) or from_pretrained)")
-    gradient_checkpointing = (cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None
-                              else device.type == "cuda")
-    trainable = prepare_for_training(model, cfg, device, gradient_checkpointing)
-    optimizer, scheduler = make_optimizer(model, cfg, steps, device)
-    start_step = 0
-    checkpoint = ctx.on_main(lambda: find_resume_checkpoint(cfg))
-    if checkpoint is not None:
-        start_step = resume_from(Path(checkpoint), model, optimizer, scheduler, cfg, ctx, device)
-        say(f"resumed from {checkpoint} at step {start_step}", flush=True)
+    model, optimizer, scheduler, start_step, trainable = _build(cfg, init_model, steps, ctx, device, say)
     module = wrap_model(model, ctx, device)  # what forward and backward go through (DDP with several ranks)
-
-    queries = dict(image_query=model.config.image_query, video_query=model.config.video_query)
-    image_size = model.config.vision.image_size
-    data = RegionData(train_list, model.tokenizer, image_size, cfg, global_only=cfg.global_only,
-                      rank=ctx.rank, world_size=ctx.world_size, **queries)
-    val_data = (RegionData(val_list, model.tokenizer, image_size, cfg, augment=False, global_only=cfg.global_only,
-                           **queries) if val_list else None)
-    metrics = MetricsLog(out_dir / METRICS_NAME if ctx.is_main else None, start_step)
+    data = _region_data(train_list, model, cfg, rank=ctx.rank, world_size=ctx.world_size)
+    val_data = _region_data(val_list, model, cfg, augment=False) if val_list else None
+    metrics = MetricsLog(Path(cfg.out_dir) / METRICS_NAME if ctx.is_main else None, start_step)
     say(f"training {steps} steps on {len(train_list)} samples ({data.num_videos} video), "
         f"device {device}, trainable {json.dumps(trainable)}", flush=True)
     bar = (tqdm(total=steps, initial=start_step, desc="train", dynamic_ncols=True)
@@ -117,14 +95,14 @@ def _train(cfg: TrainConfig, train_list: list[Sample], val_list: list[Sample],
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    last_loss, window, step_time = float("nan"), [], time.time()
+    last_loss, window, window_start = float("nan"), [], time.time()
     for step in range(start_step, steps):
         step_loss = 0.0
         for micro in range(cfg.grad_accum_steps):
             batch = {k: v.to(device) for k, v in data.batch(step, micro).items()}
             with accumulating(module, last_micro=micro == cfg.grad_accum_steps - 1), autocast(cfg, device):
                 loss = module(**batch).loss
-            (loss.float() / cfg.grad_accum_steps).backward()
+            (loss.float() / cfg.grad_accum_steps).backward()  # DDP averages over ranks on the last micro-batch
             step_loss += loss.item() / cfg.grad_accum_steps
         step_loss = ctx.mean(step_loss, device)  # the global batch's loss, the same on every rank
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
@@ -132,22 +110,21 @@ def _train(cfg: TrainConfig, train_list: list[Sample], val_list: list[Sample],
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done, last_loss = step + 1, step_loss
-        window.append(step_loss)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss is {step_loss} at step {done}")
+        window.append(step_loss)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
         if val_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < steps:
             metrics.write({"step": done, "val_loss": evaluate_loss(model, val_data, cfg, device, ctx=ctx)})
         if done % max(cfg.log_every, 1) == 0 or done == steps:
-            now = time.time()
-            mean_loss = sum(window) / len(window)
+            now, mean_loss = time.time(), sum(window) / len(window)
             metrics.write({"step": done, "loss": mean_loss, "last_loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), "sec_per_step": (now - step_time) / len(window)})
+                           "grad_norm": float(grad_norm), "sec_per_step": (now - window_start) / len(window)})
             if bar is None and cfg.progress and cfg.log_every:
                 say(f"step {done}/{steps} loss {mean_loss:.4f}", flush=True)
-            window, step_time = [], now
+            window, window_start = [], now
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps:
             checkpoint_all_ranks(model, optimizer, scheduler, done, cfg, ctx, device)
         if on_step is not None:
@@ -163,6 +140,35 @@ def _train(cfg: TrainConfig, train_list: list[Sample], val_list: list[Sample],
         final_metrics["val_loss"] = evaluate_loss(model, val_data, cfg, device, ctx=ctx)
         metrics.write({"step": steps, "val_loss": final_metrics["val_loss"]})
     return Path(ctx.on_main(lambda: str(write_final(model, cfg, final_metrics))))
+
+
+def _build(cfg: TrainConfig, init_model: DescribeAnythingModel | str | Path, steps: int, ctx: DistributedContext,
+           device: torch.device, say: Callable[..., None]) -> tuple[DescribeAnythingModel, torch.optim.Optimizer,
+                                                                    Any, int, dict[str, int]]:
+    """(model ready to train, optimizer, scheduler, first step, trainable counts), resumed if out_dir holds a
+    checkpoint (weights, optimizer, scheduler and RNG states as they were after its step)."""
+    # Seed before building anything random (LoRA init); a resume then restores the exact RNG states.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    model = load_model(init_model, device)
+    if model.tokenizer is None:
+        raise ValueError("model has no tokenizer attached (build it with from_config(cfg, tokenizer) or from_pretrained)")
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
+    trainable = prepare_for_training(model, cfg, device, checkpointing)
+    optimizer, scheduler = make_optimizer(model, cfg, steps, device)
+    start_step = 0
+    checkpoint = ctx.on_main(lambda: find_resume_checkpoint(cfg))
+    if checkpoint is not None:
+        start_step = resume_from(Path(checkpoint), model, optimizer, scheduler, cfg, ctx, device)
+        say(f"resumed from {checkpoint} at step {start_step}", flush=True)
+    return model, optimizer, scheduler, start_step, trainable
+
+
+def _region_data(samples: list[Sample], model: DescribeAnythingModel, cfg: TrainConfig, **kwargs: Any) -> RegionData:
+    """RegionData with the model's tokenizer, input size and inference queries."""
+    return RegionData(samples, model.tokenizer, model.config.vision.image_size, cfg, global_only=cfg.global_only,
+                      image_query=model.config.image_query, video_query=model.config.video_query, **kwargs)
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> ContextManager:
