@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from dam_model.fileio import atomic_replace_dir, atomic_write_text
 from dam_model.modeling import DescribeAnythingModel
@@ -109,7 +111,7 @@ def _save_model_folder(model: DescribeAnythingModel, cfg: TrainConfig, folder: P
         raise RuntimeError(f"save_pretrained wrote no config.json in {folder}")
 
 
-def save_checkpoint(model: DescribeAnythingModel, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
+def save_checkpoint(model: DescribeAnythingModel, optimizer: Optimizer, scheduler: LRScheduler, step: int,
                     cfg: TrainConfig, extra_state: dict[str, Any] | None = None) -> Path:
     """Write out_dir/checkpoints/step-NNNNNNNN atomically (temp folder, then renamed), then prune old ones."""
     root = Path(cfg.out_dir) / CHECKPOINT_DIRNAME
@@ -137,8 +139,8 @@ def save_checkpoint(model: DescribeAnythingModel, optimizer: torch.optim.Optimiz
     return final
 
 
-def checkpoint_all_ranks(model: DescribeAnythingModel, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-                         cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> None:
+def checkpoint_all_ranks(model: DescribeAnythingModel, optimizer: Optimizer, scheduler: LRScheduler,
+                         step: int, cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> None:
     """Rank 0 writes the step's checkpoint with every rank's RNG states; every rank waits until it is in place."""
     extra: dict[str, Any] = {"world_size": ctx.world_size}
     if ctx.enabled:
@@ -166,8 +168,8 @@ def _restore_weights(model: DescribeAnythingModel, checkpoint: Path, cfg: TrainC
     model.load_state_dict(load_model(checkpoint, device).state_dict(), strict=True)
 
 
-def resume_from(checkpoint: Path, model: DescribeAnythingModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> int:
+def resume_from(checkpoint: Path, model: DescribeAnythingModel, optimizer: Optimizer,
+                scheduler: LRScheduler, cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> int:
     """Restore weights, optimizer, scheduler and this rank's RNG states from `checkpoint`; returns its step."""
     state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
     if state.get("format") != STATE_FORMAT:

@@ -26,6 +26,7 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from dam_model.data import Sample
@@ -143,8 +144,8 @@ def _train(cfg: TrainConfig, train_list: list[Sample], val_list: list[Sample],
 
 
 def _build(cfg: TrainConfig, init_model: DescribeAnythingModel | str | Path, steps: int, ctx: DistributedContext,
-           device: torch.device, say: Callable[..., None]) -> tuple[DescribeAnythingModel, torch.optim.Optimizer,
-                                                                    Any, int, dict[str, int]]:
+           device: torch.device, say: Callable[..., None]
+           ) -> tuple[DescribeAnythingModel, torch.optim.Optimizer, LRScheduler, int, dict[str, int]]:
     """(model ready to train, optimizer, scheduler, first step, trainable counts), resumed if out_dir holds a
     checkpoint (weights, optimizer, scheduler and RNG states as they were after its step)."""
     # Seed before building anything random (LoRA init); a resume then restores the exact RNG states.

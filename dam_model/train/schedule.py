@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from dam_model.train.config import TrainConfig
 
@@ -34,9 +35,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int,
-                   device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+                   device: torch.device) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """(AdamW, its LambdaLR schedule) for a run of `steps` optimizer steps."""
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
                                   foreach=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps))
+    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps))
     return optimizer, scheduler
