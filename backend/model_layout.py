@@ -1,4 +1,4 @@
-"""Layout of a promoted-models root, shared by the writer (scripts/promote.py) and the reader (backend/model_store.py).
+"""Layout of a promoted-models root, shared by the writer (dam_loop/models_root.py) and the reader (backend/model_store.py).
 
 A models root is a local folder or ``s3://bucket/prefix``; under it::
 
@@ -6,8 +6,8 @@ A models root is a local folder or ``s3://bucket/prefix``; under it::
                             finished upload); never modified once written
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"}
 
-This module is pure (no I/O, no boto3) so scripts may import it without pulling in the backend: data still flows
-scripts -> promoted folder -> backend, the two sides only agree on names here.
+This module is pure (no I/O, no boto3) so the loop may import it without pulling in the backend: data still flows
+dam_loop -> promoted folder -> backend, the two sides only agree on names here.
 """
 from __future__ import annotations
 
