@@ -31,10 +31,14 @@ def source_files(*folders: str) -> list[Path]:
     return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
 
 
+NOT_SOURCE = {"tests", "build", "dist", "data", "models", "runs"}  # tests, build outputs, run data (see .gitignore)
+
+
 def repo_sources() -> list[Path]:
-    """Every Python file of the repository outside tests/ (and outside virtual environments)."""
+    """Every Python file of the repository outside tests/, hidden folders (.git, .venv) and build or run outputs."""
     return sorted(p for p in ROOT.rglob("*.py")
-                  if p.relative_to(ROOT).parts[0] not in ("tests", ".git") and not p.relative_to(ROOT).parts[0].startswith(".venv"))
+                  if not any(part in NOT_SOURCE or part.startswith(".") or part.endswith(".egg-info")
+                             for part in p.relative_to(ROOT).parts[:-1]))
 
 
 def module_name(path: Path) -> str:
