@@ -1,10 +1,11 @@
-"""scripts.build_tiny_model: cache key, cache hit without training, `latest` link; caption/eval helpers."""
+"""dam_tools.build_tiny_model: cache key, cache hit without training, `latest` link; caption/eval helpers."""
 import dataclasses
 import json
 
 import pytest
 
-from scripts import build_tiny_model as btm
+from dam_model.synthetic import generate_dataset
+from dam_tools import build_tiny_model as btm
 
 
 def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
@@ -39,8 +40,6 @@ def test_unknown_profile_is_rejected():
 
 
 def test_greedy_captions_and_report_on_both_paths(tiny_samples, make_model):
-    from dam_model.synthetic import generate_dataset
-
     model = make_model()
     samples = tiny_samples[:3]
     regions = [o.attributes for s in generate_dataset(5, 4, size=(64, 64)) for o in s.objects][:3]
