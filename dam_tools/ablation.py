@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dam_model import training
+from dam_model import train as training
 from dam_model.modeling import DescribeAnythingModel
 from dam_tools.build_tiny_model import (PROFILES, evaluate_model, fresh_tiny_model, region_samples,
                                         synthetic_eval_regions, train_tiny_tokenizer)

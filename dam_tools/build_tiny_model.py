@@ -5,7 +5,7 @@
 Steps (all seeded, nothing downloaded):
 1. synthetic training regions from `dam_model.synthetic` (train seed), held-out regions (another seed);
 2. a sentencepiece tokenizer trained on the training captions + every augmented prompt text;
-3. a tiny DAM from random init, trained with `dam_model.training.train` (prompt augmentation, checkpoints);
+3. a tiny DAM from random init, trained with `dam_model.train.train` (prompt augmentation, checkpoints);
 4. greedy captions on the held-out seed, scored with the exact RuleJudge (DLC-style report with by-size scores).
 
 The result is cached under ${DAM_CACHE_DIR:-~/.cache/dam-label-studio}/tiny-dam/<key>/ where key hashes the
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from dam_model import synthetic
-from dam_model import training  # training.train / training_code_version: looked up at call time (tests patch them)
+from dam_model import train as training  # training.train / training_code_version: looked up at call time (tests patch them)
 from dam_model.augment import prompt_vocabulary_texts
 from dam_model.config import DAMConfig
 from dam_model.evaluation import RuleJudge, evaluate_captions
@@ -155,8 +155,7 @@ def train_tiny_tokenizer(samples: list[Any], vocab_size: int, out_dir: Path) -> 
     merges them into few pieces: the prompt is ~100 tokens otherwise, most of a tiny model's compute.
     """
     texts: list[str] = []
-    for raw in samples:
-        sample = training.as_training_sample(raw)
+    for sample in samples:
         texts.append(sample.caption)
         if sample.short_caption:
             texts.append(sample.short_caption)
@@ -195,7 +194,7 @@ def generate_captions(model: Any, samples: list[Any], max_new_tokens: int, globa
     ablation's baseline; otherwise regions go through `describe_batch` (the serving path).
     """
     model.eval()
-    regions = [training.as_training_sample(raw) for raw in samples]
+    regions = list(samples)
     captions: list[str] = []
     for start in range(0, len(regions), batch_size):
         chunk = regions[start:start + batch_size]

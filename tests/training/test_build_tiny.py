@@ -13,7 +13,7 @@ def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
     key = btm.cache_key(ci)
     assert key.startswith("ci-") and key == btm.cache_key(ci)
     assert btm.cache_key(dataclasses.replace(ci, train_scenes=ci.train_scenes + 1)) != key
-    monkeypatch.setattr("dam_model.training.training_code_version", lambda: "changed")
+    monkeypatch.setattr("dam_model.train.training_code_version", lambda: "changed")
     assert btm.cache_key(ci) != key
 
 
@@ -27,7 +27,7 @@ def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached build must not train")
 
-    monkeypatch.setattr("dam_model.training.train", no_training)
+    monkeypatch.setattr("dam_model.train.train", no_training)
     assert btm.build(profile) == target / "model"
     assert "cached" in capsys.readouterr().out
     link = tmp_path / "tiny-dam" / "latest-ci"
