@@ -69,7 +69,7 @@ lock() {  # regenerate every lock with a pinned uv; run after editing requiremen
   echo "==> wrote $RUNTIME_LOCK $DEV_LOCK $LS_LOCK"
 }
 
-tiny_model() { "$VENV/bin/python" -m scripts.build_tiny_model "$@"; }
+tiny_model() { "$VENV/bin/python" -m dam_tools.build_tiny_model "$@"; }
 
 cmd=${1:-help}; shift || true
 case "$cmd" in
@@ -80,7 +80,7 @@ case "$cmd" in
     setup_venv "$DEV_LOCK"   # moto's S3 server stands in for MinIO locally
     setup_label_studio
     tiny_model
-    exec "$VENV/bin/python" -m scripts.demo "$@" ;;
+    exec "$VENV/bin/python" -m dam_tools.demo "$@" ;;
   test)
     setup_venv "$DEV_LOCK"
     setup_label_studio

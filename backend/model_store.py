@@ -1,13 +1,13 @@
 """One loaded DAM (and one segmenter) per process: lazy, locked, hot-swapped when a new version is promoted.
 
-The promoted-model pointer `<MODELS_ROOT>/current.json` (written atomically by scripts/promote.py):
+The promoted-model pointer `<MODELS_ROOT>/current.json` (written atomically by dam_loop/models_root.py):
     {"version": str, "path": "versions/<version>", "promoted_at": ISO-8601, "previous": str | null, "metrics": {...}}
 A poller thread checks it every MODEL_POLL_SECONDS (mtime and content); a new version is loaded in the
 background and swapped in under a lock. Requests take a `LoadedModel` reference at their start and keep using
 it, so a swap never fails an in-flight request. A version that fails to load is logged and skipped (the old
 model keeps serving) until the pointer changes again.
 
-MODELS_ROOT may also be ``s3://bucket/prefix`` (scripts/promote.py's S3 target): the poller GETs
+MODELS_ROOT may also be ``s3://bucket/prefix`` (dam_loop/models_root.py's S3 target): the poller GETs
 ``<prefix>/current.json`` and a new version is first downloaded, atomically, into MODELS_CACHE_DIR/<version>
 (backend/s3_models.py), then loaded and swapped exactly as a local one. A version already cached (a rollback) is not
 downloaded again. A failed download (bucket unreachable, version missing or incomplete) is logged, the old model keeps

@@ -1,6 +1,6 @@
 """Promoted models under ``s3://bucket/prefix`` (MODELS_ROOT), mirrored into a local cache for loading.
 
-scripts/promote.py uploads ``versions/<v>/`` first and PUTs ``current.json`` last (dam_model/versions.py). The
+dam_loop/models_root.py uploads ``versions/<v>/`` first and PUTs ``current.json`` last (dam_model/versions.py). The
 model store reads the pointer with one GET per poll; a version it has not got yet is downloaded ATOMICALLY:
 
 1. LIST ``<prefix>versions/<v>/`` (every object and its size); none, or no config.json/provenance.json

@@ -25,7 +25,7 @@ def _bool(name: str, raw: str) -> bool:
     raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
-# field -> variable read when the field's own variable is unset (the same fallback scripts/promote.py applies)
+# field -> variable read when the field's own variable is unset (the same fallback dam_loop/models_root.py applies)
 _ENV_FALLBACKS = {"models_s3_endpoint_url": "S3_ENDPOINT_URL"}
 
 
@@ -55,7 +55,7 @@ class Settings:
     dam_model: str = "nvidia/DAM-3B"
     """DAM served when MODELS_ROOT has no current.json: a local folder (official layout) or a hub id."""
     models_root: str = ""
-    """Folder holding current.json + versions/<v>/ written by scripts/promote.py, or s3://bucket/prefix (a new version
+    """Folder holding current.json + versions/<v>/ written by the loop's promote step, or s3://bucket/prefix (a new version
     is downloaded into MODELS_CACHE_DIR, then swapped in); polled for new versions."""
     models_cache_dir: str = ""
     """Local cache of versions downloaded from an s3:// MODELS_ROOT (<dir>/<version>; one folder per MODELS_ROOT).
@@ -114,7 +114,7 @@ class Settings:
     # --- Training hook ---
     events_file: str = "data/events/webhook_events.jsonl"
     """Webhook events are appended here, one JSON object a line."""
-    train_command: str = "python -m scripts.nightly"
+    train_command: str = "python -m dam_loop.steps.nightly"
     """Launched out of process on START_TRAINING (never two at once)."""
     train_log_dir: str = "data/logs"
     """Where the training job's log goes."""

@@ -146,13 +146,13 @@ def _print_caption(caption, as_json: bool) -> None:
 COMMANDS: dict[str, tuple[AddArguments, Run]] = {
     "describe": (add_describe_arguments, run_describe),
     "evaluate": lazy("dam_model.evaluation", "add_evaluate_arguments", "run_evaluate"),
-    "train": lazy("dam_model.training", "add_train_arguments", "run_train"),
+    "train": lazy("dam_model.train.cli", "add_train_command_args", "run_train_command"),
 }
 
 HELP = {
     "describe": "caption masked regions of an image (or an object across video frames), streaming the text",
     "evaluate": "score captions with DLC-style judges and caption metrics",
-    "train": "fine-tune a DAM on (image, mask, caption) samples",
+    "train": "fine-tune a DAM on image regions and video tracks (dam_model.data rows)",
 }
 
 

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from .config import DAMConfig
-from .tokenizer import TOKENIZER_FILES
+from .fileio import atomic_replace_dir
+from .tokenizer import TOKENIZER_FILES, load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -53,7 +56,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
         return path
     text = str(path_or_hub_id)
     if HUB_ID.match(text):
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # deferred: only hub ids need it (network client)
 
         return Path(snapshot_download(repo_id=text))
     raise FileNotFoundError(f"checkpoint folder {path} does not exist (and it is not a hub id 'org/name')")
@@ -61,8 +64,6 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
 
 def read_safetensors_folder(folder: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a component folder: model.safetensors, or the shards named in model.safetensors.index.json."""
-    from safetensors.torch import load_file
-
     index = folder / INDEX_NAME
     if index.is_file():
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
@@ -126,8 +127,6 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def reset_rotary(model, device: torch.device) -> None:
     """Re-create the LLM's rotary table (a non-persistent fp32 buffer: not in checkpoints, left empty by meta builds)."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
     model.llm.model.rotary_emb = LlamaRotaryEmbedding(config=model.llm.config, device=device)
 
 
@@ -165,8 +164,6 @@ def load_pretrained(cls, path_or_hub_id: str | os.PathLike, device: str | torch.
     model.eval()
     model.source_path = str(folder)
     try:
-        from .tokenizer import load_tokenizer
-
         model.tokenizer = load_tokenizer(folder)
     except FileNotFoundError:
         model.tokenizer = None  # weights-only folder: describe() will ask for a tokenizer
@@ -180,8 +177,6 @@ def _write_json(path: Path, data: Any) -> None:
 def save_state_dict(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
     """Write tensors as model.safetensors, or as numbered shards plus model.safetensors.index.json when larger
     than max_shard_bytes (bytes of tensor data per shard)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if total <= max_shard_bytes:
@@ -244,13 +239,7 @@ def save_pretrained(model, directory: str | os.PathLike, max_shard_bytes: int = 
             "bos_token_id": config.llm.bos_token_id, "eos_token_id": config.llm.eos_token_id,
             "pad_token_id": config.llm.pad_token_id})
         _save_tokenizer(model, tmp / "llm")
-        if target.exists():
-            backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        atomic_replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,7 +6,7 @@ bicubic on uint8 data, then rescaled by 1/255 and normalised with mean = std = 0
 Masks are drawn as 0/255 images and resized like the RGB, so mask channels take intermediate levels.
 
 `preprocess_regions` builds that tensor for many regions of one image and shares work between them
-(see its docstring); scripts/benchmarks/preprocess.py measures it against a per-region pipeline.
+(see its docstring); dam_tools/benchmarks/preprocess.py measures it against a per-region pipeline.
 """
 from __future__ import annotations
 

@@ -1,11 +1,16 @@
 """Tokenizer: the checkpoint's slow sentencepiece Llama tokenizer (legacy=False), and a trainer for toy models."""
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
+
+import sentencepiece as spm
+from transformers import LlamaTokenizer
+
+from .fileio import atomic_write_bytes, atomic_write_text
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.json")
@@ -25,8 +30,6 @@ def load_tokenizer(folder: str | os.PathLike):
 
     `folder` is a checkpoint root (the tokenizer lives in llm/) or the folder with tokenizer.model itself.
     """
-    from transformers import LlamaTokenizer
-
     tok = LlamaTokenizer.from_pretrained(str(tokenizer_folder(folder)), legacy=False, padding_side="right")
     if tok.pad_token is None:
         # The release has no pad piece; id 0 (<unk>) is the LLM config's pad id. Only used for padding batches.
@@ -34,22 +37,11 @@ def load_tokenizer(folder: str | os.PathLike):
     return tok
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> Path:
     """Train a sentencepiece BPE tokenizer (byte_fallback, unk 0 / bos 1 / eos 2, identity normalisation,
     dummy prefix) on `texts`, and write tokenizer.model, tokenizer_config.json and special_tokens_map.json
     into `out_dir`, loadable by `load_tokenizer`. Returns `out_dir`.
     """
-    import io
-
-    import sentencepiece as spm
-
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("train_tokenizer needs at least one non-empty text")
@@ -64,10 +56,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
         add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True, character_coverage=1.0,
         hard_vocab_limit=False, num_threads=1, minloglevel=2, train_extremely_large_corpus=False,
     )
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tokenizer.model.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, out / "tokenizer.model")
+    atomic_write_bytes(out / "tokenizer.model", buffer.getvalue())
     special = {name: {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
                for name, content in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
     config = {
@@ -76,6 +65,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
         "padding_side": "right", "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,
         "sp_model_kwargs": {}, "model_max_length": 1000000000000000019884624838656,
     }
-    _atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
     return out

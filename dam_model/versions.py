@@ -1,5 +1,4 @@
-"""Layout of a promoted-models root: the names its writer (the loop's promote step) and its reader (the backend's
-model store) agree on.
+"""Layout of a promoted-models root: the names its writer (dam_loop/models_root.py) and its reader (backend/model_store.py) agree on.
 
 A models root is a local folder or ``s3://bucket/prefix``; under it::
 

@@ -3,7 +3,7 @@
 - ``shared_dir``: ../shared beside the repository (read-only reference material and the parity fixture).
 - ``random_dam_dir``: a tiny-preset DAM with random weights and a sentencepiece tokenizer trained here, written by
   ``save_pretrained`` in the official folder layout (seconds to build).
-- ``trained_dam_dir``: the ci-profile tiny DAM trained on the synthetic benchmark (scripts/build_tiny_model.py;
+- ``trained_dam_dir``: the ci-profile tiny DAM trained on the synthetic benchmark (dam_tools/build_tiny_model.py;
   cached under DAM_CACHE_DIR, so only the first run pays the few minutes of training). DAM_TEST_MODEL_DIR overrides it.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def trained_dam_dir() -> Path:
     override = os.environ.get("DAM_TEST_MODEL_DIR")
     if override:
         return Path(override)
-    from scripts.build_tiny_model import ensure_tiny_model
+    from dam_tools.build_tiny_model import ensure_tiny_model
 
     return ensure_tiny_model("ci")
 

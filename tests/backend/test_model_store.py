@@ -13,7 +13,7 @@ from bk_helpers import CAPTURED_CONFIG, FakeDAM, predict_body
 
 
 def promote(root, version: str) -> None:
-    """What scripts/promote.py does: an immutable versions/<v>/ folder, then an atomic pointer flip."""
+    """What dam_loop.steps.promote does: an immutable versions/<v>/ folder, then an atomic pointer flip."""
     folder = root / "versions" / version
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"v": version}))

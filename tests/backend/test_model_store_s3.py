@@ -1,6 +1,6 @@
 """Model store over an s3:// MODELS_ROOT, against a real moto S3 server process on 127.0.0.1.
 
-Versions are promoted by scripts/promote.py's S3 store (the real writer); the backend downloads them atomically into
+Versions are promoted by dam_loop/models_root.py's S3 store (the real writer); the backend downloads them atomically into
 its cache, hot-swaps without a gap, serves a rollback from the cache without downloading again, and keeps serving
 when a pointer names a missing or unfinished version, or the bucket is unreachable. The secret key never appears in
 the logs (captured at DEBUG, botocore's included).
@@ -79,8 +79,8 @@ def count_version_gets(store: ModelStore) -> list[str]:
 
 
 def write_pointer(admin, root: str, version: str) -> None:
-    """A pointer flip as scripts/promote.py writes it, for versions the test uploaded by hand."""
-    from scripts.promote import S3ModelStore
+    """A pointer flip as dam_loop/models_root.py writes it, for versions the test uploaded by hand."""
+    from dam_loop.models_root import S3ModelStore
 
     S3ModelStore(root, client=admin).write_pointer({"version": version, "path": version_path(version),
                                                     "promoted_at": datetime.now(timezone.utc).isoformat(),
@@ -120,7 +120,7 @@ class FakeLoader:
 
 def test_serves_promoted_versions_hot_swaps_and_rolls_back_from_cache(make_settings, tmp_path, s3_env, root, logs,
                                                                        random_dam_dir):
-    from scripts.promote import promote, rollback
+    from dam_loop.steps.promote import promote, rollback
 
     promote(root, random_dam_dir, metrics={"score": 0.1}, version="v1")
     loader = RecordingLoader()
@@ -184,7 +184,7 @@ def test_serves_promoted_versions_hot_swaps_and_rolls_back_from_cache(make_setti
 
 def test_missing_or_unfinished_version_keeps_the_old_model_and_is_retried(make_settings, tmp_path, s3_env, root,
                                                                           admin, logs, random_dam_dir):
-    from scripts.promote import promote
+    from dam_loop.steps.promote import promote
 
     promote(root, random_dam_dir, version="v1")
     loader = FakeLoader()
@@ -227,7 +227,7 @@ def test_missing_or_unfinished_version_keeps_the_old_model_and_is_retried(make_s
 
 def test_unreachable_bucket_keeps_serving_and_never_leaks_the_secret(make_settings, tmp_path, s3_env, root, logs,
                                                                    random_dam_dir, unused_port):
-    from scripts.promote import promote
+    from dam_loop.steps.promote import promote
 
     promote(root, random_dam_dir, version="v1")
     store = ModelStore(s3_settings(make_settings, tmp_path, root, s3_env), loader=FakeLoader())
@@ -269,8 +269,8 @@ def test_settings_endpoint_fallback_and_default_cache(monkeypatch, tmp_path):
 
 
 def test_promote_script_writes_the_layout_the_backend_reads():
-    """One set of names: scripts/promote.py imports them from dam_model/versions.py."""
-    import scripts.promote as promote_module
+    """One set of names: dam_loop/models_root.py imports them from dam_model/versions.py."""
+    import dam_loop.models_root as promote_module
     from dam_model import versions as model_layout
 
     assert promote_module.POINTER_NAME is model_layout.POINTER_NAME == POINTER_NAME == "current.json"

@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_stack import (
-    LabelStudioAPI,
-    LabelStudioCredentials,
-    LocalStack,
-    ManagedProcess,
-    S3Target,
-    backend_env,
-    create_bucket,
-    free_port,
-    label_studio_bin,
-)
+from dam_tools.local_stack import LabelStudioCredentials, LocalStack, ManagedProcess, free_port, label_studio_bin
+from dam_tools.ls_api import LabelStudioAPI
+from dam_tools.provisioning import S3Target, backend_env, create_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
 

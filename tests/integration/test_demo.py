@@ -1,4 +1,4 @@
-"""`python -m scripts.demo --smoke`: the local main command sets everything up (real Label Studio, moto, gunicorn),
+"""`python -m dam_tools.demo --smoke`: the local main command sets everything up (real Label Studio, moto, gunicorn),
 captions the demo project, then stops every process it started. ~1-2 min (Label Studio's first start)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_stack import free_port, port_is_free
+from dam_tools.local_stack import free_port, port_is_free
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_smoke_captions_the_project_and_leaves_nothing_running(tmp_path: Path, trained_dam_dir: Path):
     ports = [free_port() for _ in range(3)]
-    argv = [sys.executable, "-m", "scripts.demo", "--smoke", "--fresh", "--tasks", "2", "--batch", "2",
+    argv = [sys.executable, "-m", "dam_tools.demo", "--smoke", "--fresh", "--tasks", "2", "--batch", "2",
             "--model", str(trained_dam_dir), "--run-dir", str(tmp_path / "demo"),
             "--ls-port", str(ports[0]), "--backend-port", str(ports[1]), "--s3-port", str(ports[2])]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)

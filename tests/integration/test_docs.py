@@ -38,7 +38,7 @@ def backend_settings_vars() -> set[str]:
 
 def code_vars() -> set[str]:
     found = backend_settings_vars()
-    for folder in ("backend", "scripts", "dam_model"):
+    for folder in ("backend", "scripts", "dam_model", "dam_loop", "dam_tools", "ls_io"):
         for path in (ROOT / folder).rglob("*.py"):
             found |= env_vars_read(path)
     return found - NOT_USER_SETTINGS

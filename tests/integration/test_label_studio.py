@@ -14,7 +14,7 @@ import requests
 
 from ls_io.label_config import parse_label_config
 from ls_io.rle import decode_rle
-from scripts.local_stack import ProvisionedProject, SyntheticTask, provision_project, synthetic_tasks
+from dam_tools.provisioning import ProvisionedProject, SyntheticTask, provision_project, synthetic_tasks
 
 pytestmark = pytest.mark.integration
 

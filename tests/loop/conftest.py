@@ -13,7 +13,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import boto3
 import pytest
+
+from dam_model.synthetic import generate_dataset, generate_video
+from dam_tools.export_synthetic import export_objects, image_file_name, png_bytes
+from dam_tools.export_video import export_video_objects, video_file_name, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY_ID = "loop-test-key-id"
@@ -38,8 +43,6 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> dict[str, str
 @pytest.fixture()
 def admin_s3(s3_env: dict[str, str]) -> Any:
     """An unrestricted client for the TEST to fill and inspect buckets (the code under test gets read-only ones)."""
-    import boto3
-
     return boto3.client("s3", endpoint_url=s3_env["S3_ENDPOINT_URL"], region_name="us-east-1")
 
 
@@ -68,12 +71,9 @@ def put_objects(client: Any, bucket: str, objects: dict[str, bytes]) -> None:
 def synthetic_export(
     media_root: Path, seed: int, n_scenes: int, fmt: str = "annotation", prefix: str = "export", **kwargs: Any
 ) -> dict[str, bytes]:
-    """Label Studio target-storage objects for synthetic scenes, made by scripts.export_synthetic (the reference
+    """Label Studio target-storage objects for synthetic scenes, made by dam_tools.export_synthetic (the reference
     captions are the "corrected" ones). Images are written to media_root/images/ and referenced as
     "images/<scene id>.png", which backend/media.py reads under LOCAL_FILES_ROOT = media_root."""
-    from dam_model.synthetic import generate_dataset
-    from scripts.export_synthetic import export_objects, image_file_name, png_bytes
-
     scenes = generate_dataset(seed, n_scenes)
     (media_root / "images").mkdir(parents=True, exist_ok=True)
     for scene in scenes:
@@ -86,11 +86,8 @@ def synthetic_video_export(
     num_frames: int = 16, **kwargs: Any
 ) -> dict[str, bytes]:
     """Label Studio target-storage objects of synthetic VIDEO tasks (label_config/video.xml), made by
-    scripts.export_synthetic: videos generate_video(seed, 0..n_videos - 1, num_frames) are written losslessly to
+    dam_tools.export_video: videos generate_video(seed, 0..n_videos - 1, num_frames) are written losslessly to
     media_root/videos/ and referenced as "videos/<video id>.mkv"."""
-    from dam_model.synthetic import generate_video
-    from scripts.export_synthetic import export_video_objects, video_file_name, write_video
-
     videos = [generate_video(seed, index, num_frames=num_frames) for index in range(n_videos)]
     for video in videos:
         write_video(media_root / "videos" / video_file_name(video), video.frames)

@@ -1,4 +1,4 @@
-"""scripts.build: export objects -> samples.jsonl + images/ + masks/ (decoding, dedup, skip rules, sticky split)."""
+"""dam_loop.steps.build: export objects -> samples.jsonl + images/ + masks/ (decoding, dedup, skip rules, sticky split)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,16 @@ import json
 import numpy as np
 import pytest
 
+from dam_loop.cli import BadArguments
+from dam_loop.dataset import load_samples, split_for
+from dam_loop.steps.build import build_dataset
+from dam_loop.steps.build_regions import rasterize
+from dam_loop.steps.evaluate import promotion_score, score_captions
+from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_model.data import read_mask
+from dam_model.fileio import read_json, read_jsonl
 from dam_model.synthetic import generate_dataset
-from scripts.build import build_dataset, load_samples, rasterize, read_mask, split_for
-from scripts.loop_common import read_json, read_jsonl
-from scripts.pull import S3Source, make_s3_client, pull
+from dam_tools.export_synthetic import region_ids
 
 from .conftest import put_objects
 
@@ -84,9 +90,6 @@ def test_attributes_round_trip_export_build_evaluate_and_are_optional(tmp_path, 
     """export_synthetic puts each region's attribute record in task.data; build copies it into the sample; the
     evaluate step judges from the dataset alone. Without data.attributes (a real Label Studio export) nothing is
     regenerated from meta.synthetic: the samples carry none, the judge is skipped, the reference metrics still run."""
-    from scripts.evaluate import promotion_score, score_captions
-    from scripts.export_synthetic import region_ids
-
     scenes = generate_dataset(21, 3)
     objects = export_factory(21, 3, fmt="task", prefix="ls")
     plain = export_factory(22, 2, fmt="annotation", prefix="ls", first_task_id=50, with_attributes=False)
@@ -137,7 +140,5 @@ def test_rasterize_polygon_and_rotated_rectangle():
 
 
 def test_build_requires_a_snapshot(tmp_path):
-    from scripts.loop_common import BadArguments
-
-    with pytest.raises(BadArguments, match="run scripts.pull first"):
+    with pytest.raises(BadArguments, match=r"run the pull step \(dam-pull\) first"):
         build_dataset(tmp_path)

@@ -1,4 +1,4 @@
-"""scripts.build on Label Studio video tracks: videorectangle keyframes -> Label Studio's per-frame boxes -> 8 frames
+"""dam_loop.steps.build on Label Studio video tracks: videorectangle keyframes -> Label Studio's per-frame boxes -> 8 frames
 sampled like the backend does for DAM's describe_video, a box mask per frame, the caption (video_samples.jsonl)."""
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dam_loop.dataset import load_samples, load_video_samples, read_video_sample, split_for
+from dam_loop.steps.build import build_dataset
+from dam_loop.steps.build_regions import keyframe_boxes
+from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_model.fileio import read_json, read_jsonl
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
-from scripts.build import (
-    build_dataset,
-    keyframe_boxes,
-    load_samples,
-    load_video_samples,
-    read_video_sample,
-    split_for,
-)
-from scripts.export_synthetic import write_video  # lossless FFV1: decoded frames equal the generator's pixels
-from scripts.loop_common import read_json, read_jsonl
-from scripts.pull import S3Source, make_s3_client, pull
+from dam_tools.export_video import write_video  # lossless FFV1: decoded frames equal the generator's pixels
 
 from .conftest import put_objects
 

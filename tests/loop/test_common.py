@@ -1,9 +1,10 @@
-"""scripts.loop_common: secret redaction in logs, atomic writes."""
+"""dam_loop.cli: secret redaction in logs; dam_model.fileio: atomic writes."""
 from __future__ import annotations
 
 import logging
 
-from scripts.loop_common import atomic_write_json, read_json, setup_logging
+from dam_loop.cli import setup_logging
+from dam_model.fileio import atomic_write_json, read_json
 
 
 def test_secrets_never_reach_the_log_file(tmp_path, monkeypatch):
@@ -12,7 +13,7 @@ def test_secrets_never_reach_the_log_file(tmp_path, monkeypatch):
     log_file = tmp_path / "run.log"
     setup_logging("INFO", log_file)
     try:
-        logging.getLogger("scripts.test").info("connecting with %s to /data/demo", secret)
+        logging.getLogger("dam_loop.test").info("connecting with %s to /data/demo", secret)
     finally:
         setup_logging("WARNING")  # detach the file handler
     text = log_file.read_text()

@@ -1,4 +1,4 @@
-"""The whole loop as the scheduler runs it (`python -m scripts.nightly` subprocesses) against a moto S3 server process:
+"""The whole loop as the scheduler runs it (`python -m dam_loop.steps.nightly` subprocesses) against a moto S3 server process:
 pull -> build -> pseudo-label -> train a few steps -> evaluate -> promote, then backend.model_store serves the new
 version; nothing-new exit code; rollback; a deliberately worse candidate is refused; a SIGKILLed training resumes.
 """
@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts.loop_common import read_json
+from backend.model_store import ModelStore
+from backend.settings import Settings
+from dam_loop.dataset import load_samples
+from dam_loop.steps.build import build_dataset
+from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_model.data import read_image, read_mask
+from dam_model.fileio import read_json
 
 from .conftest import REPO, TEST_SECRET, bucket_bytes, put_objects, run_module
 
@@ -32,7 +38,7 @@ def uncaptioned(export_factory, seed: int, task_id: int) -> dict[str, bytes]:
 
 
 def nightly(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return run_module("scripts.nightly", *FAST, *args, env=env, timeout=600)
+    return run_module("dam_loop.steps.nightly", *FAST, *args, env=env, timeout=600)
 
 
 def last_summary(work: Path) -> dict:
@@ -48,9 +54,6 @@ def loop_env(tmp_path, s3_env, bucket, media_root, loop_start_model) -> dict[str
 
 
 def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucket, export_factory, loop_env):
-    from backend.model_store import ModelStore
-    from backend.settings import Settings
-
     objects = export_factory(31, 5, fmt="annotation", prefix="ls")
     objects |= export_factory(32, 3, fmt="task", prefix="ls", first_task_id=100)
     objects |= uncaptioned(export_factory, 33, 200)
@@ -101,7 +104,7 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     assert second.returncode == 0, second.stderr[-3000:]
     assert read_json(models / "current.json")["previous"] == "v1"
     assert store.check_pointer() and store.loaded.version == "v2"
-    back = run_module("scripts.promote", "--models-root", str(models), "rollback")
+    back = run_module("dam_loop.steps.promote", "--models-root", str(models), "rollback")
     assert back.returncode == 0, back.stderr
     assert read_json(models / "current.json")["version"] == "v1"
     assert store.check_pointer() and store.loaded.version == "v1"
@@ -112,8 +115,6 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
 
 
 def _one_region(dataset: Path):
-    from scripts.build import load_samples, read_image, read_mask
-
     row = load_samples(dataset)[0]
     return read_image(row["image_path"]), [read_mask(row["mask_path"])]
 
@@ -124,7 +125,7 @@ def test_worse_candidate_is_not_promoted(tmp_path, admin_s3, bucket, export_fact
     The tasks carry no attribute record here, so the promotion score is CIDEr against the corrected captions
     (the DLC-style judge rewards silence, which a random model's unparsable output resembles)."""
     models = Path(loop_env["MODELS_ROOT"])
-    good = run_module("scripts.promote", "--models-root", str(models), "promote", "--candidate", str(loop_champion_model),
+    good = run_module("dam_loop.steps.promote", "--models-root", str(models), "promote", "--candidate", str(loop_champion_model),
                       "--force", "--version", "trained")
     assert good.returncode == 0, good.stderr
     objects = export_factory(41, 6, fmt="annotation", prefix="ls", with_attributes=False)  # like real Label Studio data
@@ -143,15 +144,12 @@ def test_worse_candidate_is_not_promoted(tmp_path, admin_s3, bucket, export_fact
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, admin_s3, bucket, export_factory, loop_env):
-    from scripts.build import build_dataset
-    from scripts.pull import S3Source, make_s3_client, pull
-
     put_objects(admin_s3, bucket, export_factory(51, 4, fmt="annotation", prefix="ls"))
     work = Path(loop_env["LOOP_WORK_ROOT"])
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
     snapshot = pull(make_s3_client(source), source, work).snapshot_id
     dataset = build_dataset(work, snapshot, val_fraction=0.25)
-    argv = [sys.executable, "-m", "scripts.train", "--work-root", str(work), "--dataset", str(dataset),
+    argv = [sys.executable, "-m", "dam_loop.steps.train", "--work-root", str(work), "--dataset", str(dataset),
             "--init", loop_env["INIT_MODEL"], "--max-steps", "60", "--batch-size", "2", "--checkpoint-every", "1",
             "--num-threads", "1", "--device", "cpu", "--no-progress"]
     env = dict(os.environ, **loop_env, PYTHONUNBUFFERED="1")

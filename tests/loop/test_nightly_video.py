@@ -1,6 +1,6 @@
-"""A nightly round on video-only data: synthetic videos exported by scripts.export_synthetic as Label Studio video
+"""A nightly round on video-only data: synthetic videos exported by dam_tools.export_synthetic as Label Studio video
 tasks (label_config/video.xml: a videorectangle track with a keyframe per frame + the per-region caption) go
-through pull -> build -> pseudo-label -> train -> evaluate -> promote (`python -m scripts.nightly`, as the scheduler
+through pull -> build -> pseudo-label -> train -> evaluate -> promote (`python -m dam_loop.steps.nightly`, as the scheduler
 runs it) against a moto S3 server process; and build() over the exported tasks gives back the generator's boxes."""
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dam_loop.cli import EXIT_PROMOTED
+from dam_loop.dataset import load_samples, load_video_samples, read_video_sample, split_for
+from dam_model.fileio import read_json
+from dam_model.modeling import DescribeAnythingModel
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
-from scripts.build import load_samples, load_video_samples, read_video_sample, split_for
-from scripts.export_synthetic import percent_box, video_file_name, video_region_ids
-from scripts.loop_common import EXIT_PROMOTED, read_json
+from dam_tools.export_video import percent_box, video_file_name, video_region_ids
 
 from .conftest import TEST_SECRET, bucket_bytes, put_objects
 from .test_build_video import pull_and_build
@@ -82,8 +84,6 @@ def test_nightly_round_on_video_only_data(tmp_path, admin_s3, bucket, video_expo
     """Six exported video tasks and nothing else: the round builds video tracks only, trains on them, evaluates
     both models with describe_video, promotes (margin -1: a bootstrap round from a random model promotes), and
     leaves the source bucket byte-identical."""
-    from dam_model.modeling import DescribeAnythingModel
-
     put_objects(admin_s3, bucket, video_export_factory(71, 6, fmt="annotation", prefix="ls", num_frames=N_FRAMES))
     assert {split_for(task_id, 0.34) for task_id in range(1, 7)} == {"train", "val"}  # FAST's --val-fraction
     before = bucket_bytes(admin_s3, bucket)

@@ -1,4 +1,4 @@
-"""scripts.promote (immutable versions, pointer flipped last, rollback) and the nightly lock."""
+"""dam_loop.steps.promote (immutable versions, pointer flipped last, rollback) and the nightly lock."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from scripts.loop_common import BadArguments, FileLock, LockedError, read_json
-from scripts.promote import promote, rollback, should_promote
+from dam_loop.cli import BadArguments, LockedError
+from dam_loop.lock import FileLock
+from dam_loop.steps.promote import promote, rollback, should_promote
+from dam_model.fileio import read_json
 
 from .conftest import REPO, run_module
 
@@ -67,22 +69,22 @@ def test_promote_cli_refuses_a_worse_candidate_and_rolls_back(tmp_path):
     env = {"MODELS_ROOT": str(root)}
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"candidate": {"score": 0.4}, "champion": {"score": 0.5}}))
-    worse = run_module("scripts.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), env=env)
+    worse = run_module("dam_loop.steps.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), env=env)
     assert worse.returncode == 11 and not (root / "current.json").exists()
     metrics.write_text(json.dumps({"candidate": {"score": 0.6}, "champion": {"score": 0.5}}))
-    better = run_module("scripts.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), "--version", "v1", env=env)
+    better = run_module("dam_loop.steps.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), "--version", "v1", env=env)
     assert better.returncode == 0, better.stderr
     assert json.loads(better.stdout)["version"] == "v1"
-    nothing = run_module("scripts.promote", "rollback", env=env)
+    nothing = run_module("dam_loop.steps.promote", "rollback", env=env)
     assert nothing.returncode == 2 and "nothing to roll back" in nothing.stderr
-    status = run_module("scripts.promote", "status", env=env)
+    status = run_module("dam_loop.steps.promote", "status", env=env)
     assert json.loads(status.stdout)["versions"] == ["v1"]
 
 
 def test_lock_refuses_a_second_holder_and_frees_on_process_death(tmp_path):
     path = tmp_path / "nightly.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from pathlib import Path; from scripts.loop_common import FileLock;"
+        [sys.executable, "-c", "import sys,time; from pathlib import Path; from dam_loop.lock import FileLock;"
          f"l=FileLock(Path({str(path)!r})).acquire(); print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
@@ -91,7 +93,7 @@ def test_lock_refuses_a_second_holder_and_frees_on_process_death(tmp_path):
         with pytest.raises(LockedError, match="held by another run"):
             FileLock(path).acquire()
         # A nightly run started now exits at once with the distinct "locked" code.
-        second = run_module("scripts.nightly", "--work-root", str(tmp_path), "--bucket", "b", timeout=120)
+        second = run_module("dam_loop.steps.nightly", "--work-root", str(tmp_path), "--bucket", "b", timeout=120)
         assert second.returncode == 3, second.stderr
         assert "held by another run" in second.stderr
     finally:

@@ -1,4 +1,4 @@
-"""scripts.pseudo_label with a stand-in captioner and segmenter: thresholds, ratio cap, frozen validation split."""
+"""dam_loop.steps.pseudo_label with a stand-in captioner and segmenter: thresholds, ratio cap, frozen validation split."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from PIL import Image
 
 from dam_model.generation import Caption
 from dam_model.segmentation.types import MaskPrediction
-from scripts.loop_common import read_jsonl, write_jsonl
-from scripts.pseudo_label import max_pseudo_count, pseudo_label
+from dam_loop.steps.pseudo_label import max_pseudo_count, pseudo_label
+from dam_model.fileio import read_jsonl, write_jsonl
 
 
 class FakeCaptioner:

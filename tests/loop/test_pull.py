@@ -1,4 +1,4 @@
-"""scripts.pull against a moto S3 server process: both export formats, incremental, immutable, read-only, robust."""
+"""dam_loop.steps.pull against a moto S3 server process: both export formats, incremental, immutable, read-only, robust."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.loop_common import read_json
-from scripts.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_model.fileio import read_json
+
 from .conftest import TEST_SECRET, bucket_bytes, put_objects, run_module
 
 
@@ -82,11 +83,11 @@ def test_client_refuses_writes(s3_env, bucket):
 def test_pull_cli_env_and_exit_codes(tmp_path, s3_env, admin_s3, bucket, export_factory):
     put_objects(admin_s3, bucket, export_factory(seed=3, n_scenes=2, prefix="p"))
     env = {"S3_BUCKET": bucket, "S3_PREFIX": "p", "LOOP_WORK_ROOT": str(tmp_path / "w")}
-    done = run_module("scripts.pull", env=env, timeout=120)
+    done = run_module("dam_loop.steps.pull", env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["new"] == 2
     assert TEST_SECRET not in done.stdout + done.stderr
-    again = run_module("scripts.pull", env=env, timeout=120)
+    again = run_module("dam_loop.steps.pull", env=env, timeout=120)
     assert again.returncode == 10, again.stderr
-    no_bucket = run_module("scripts.pull", env={"LOOP_WORK_ROOT": str(tmp_path / "w")}, timeout=120)
+    no_bucket = run_module("dam_loop.steps.pull", env={"LOOP_WORK_ROOT": str(tmp_path / "w")}, timeout=120)
     assert no_bucket.returncode == 2 and "bucket" in no_bucket.stderr

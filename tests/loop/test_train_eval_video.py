@@ -1,6 +1,6 @@
-"""scripts.train and scripts.evaluate on a built dataset with image regions AND video tracks: training takes the
+"""dam_loop.steps.train and dam_loop.steps.evaluate on a built dataset with image regions AND video tracks: training takes the
 video train split, evaluation captions video_val with describe_video (judged: the tasks carry attributes), and
-`accelerate launch` runs scripts/train.py as two data-parallel processes (gloo on CPU)."""
+`accelerate launch -m dam_loop.steps.train` runs two data-parallel processes (gloo on CPU)."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dam_loop.cli import EXIT_PROMOTED
+from dam_loop.dataset import load_samples, load_video_samples, split_for
+from dam_loop.steps import train as train_step
+from dam_loop.steps.evaluate import evaluate
+from dam_loop.steps.train import default_out_dir
+from dam_model.fileio import read_json
+from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_video
-from scripts.build import load_samples, load_video_samples, split_for
-from scripts.loop_common import EXIT_PROMOTED, read_json
 
 from .conftest import REPO, put_objects
 from .test_build_video import N_FRAMES, WIDTH, HEIGHT, keyframe, percent_box, pull_and_build, video_annotation, write_video
@@ -51,10 +56,6 @@ def mixed_dataset(tmp_path, admin_s3, bucket, export_factory, media_root):
 
 def test_training_takes_video_tracks_and_evaluation_describes_them(tmp_path, mixed_dataset, loop_start_model,
                                                                    monkeypatch):
-    from dam_model.modeling import DescribeAnythingModel
-    from scripts import train as train_step
-    from scripts.evaluate import evaluate
-
     out = tmp_path / "run"
     code = train_step.main(["--work-root", str(tmp_path / "work"), "--models-root", str(tmp_path / "models"),
                             "--dataset", str(mixed_dataset), "--init", str(loop_start_model), "--out", str(out),
@@ -99,12 +100,10 @@ def _free_port() -> int:
 def test_accelerate_launch_trains_with_two_processes(tmp_path, mixed_dataset, loop_start_model):
     """The documented multi-GPU command, here on CPU (--multi_gpu makes accelerate use torch.distributed.run
     without GPUs; --device cpu makes the ranks use gloo)."""
-    from scripts.train import default_out_dir
-
     work = tmp_path / "work"
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), "scripts/train.py",
+            "--main_process_port", str(_free_port()), "-m", "dam_loop.steps.train",
             "--work-root", str(work), "--models-root", str(tmp_path / "models"), "--dataset", str(mixed_dataset),
             "--init", str(loop_start_model), "--max-steps", "2", "--batch-size", "2", "--checkpoint-every", "1",
             "--device", "cpu", "--num-threads", "1", "--no-progress"]

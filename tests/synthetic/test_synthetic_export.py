@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from scripts import export_synthetic as ex
+from dam_tools import export_synthetic as ex
+from dam_tools import export_video as exv
 
 
 def _decode(rle, height, width):
@@ -103,6 +104,8 @@ def test_rle_matches_the_sdk_reference_codec(small_scenes):
 
 
 def test_rle_falls_back_to_the_sdk_without_backend_rle(small_scenes, monkeypatch):
+    """The exporter's ImportError fallback is gone (issue 14: no guards around in-repo modules): the codec is bound
+    when the module loads, so hiding backend.rle afterwards changes nothing and the round trip still holds."""
     import sys
 
     monkeypatch.setitem(sys.modules, "backend.rle", None)  # makes `from backend.rle import ...` raise ImportError
@@ -139,7 +142,7 @@ def _check_video_result(video, result, captions):
     frame's mask in percent, then the textarea caption with the same id (label_config/video.xml's names)."""
     assert len(result) == 2 * len(video.objects)
     n_frames, height, width = video.frames.shape[:3]
-    assert [item["id"] for item in result[::2]] == ex.video_region_ids(video)
+    assert [item["id"] for item in result[::2]] == exv.video_region_ids(video)
     for k, obj in enumerate(video.objects):
         track, text = result[2 * k], result[2 * k + 1]
         assert track["type"] == "videorectangle" and text["type"] == "textarea" and track["id"] == text["id"]
@@ -162,13 +165,13 @@ def test_video_export_both_formats():
 
     videos = [generate_video(9, index, num_frames=6) for index in range(3)]
     for fmt, key in (("annotation", "ls/1"), ("task", "ls/1.json")):
-        objects = ex.export_video_objects(videos, fmt, prefix="ls", with_model_captions=(fmt == "task"))
+        objects = exv.export_video_objects(videos, fmt, prefix="ls", with_model_captions=(fmt == "task"))
         assert sorted(objects) == sorted(key.replace("1", str(i)) for i in (1, 2, 3))
         export = json.loads(objects[key])
         task = export["task"] if fmt == "annotation" else export
         annotation = export if fmt == "annotation" else export["annotations"][0]
         assert task["data"]["video"] == f"videos/{videos[0].scene_id}.mkv"
-        assert task["data"]["attributes"] == ex.video_attributes(videos[0])
+        assert task["data"]["attributes"] == exv.video_attributes(videos[0])
         assert [r["motion"] for r in task["data"]["attributes"].values()] == [o.attributes["motion"] for o in videos[0].objects]
         assert task["meta"]["synthetic"] == {"seed": 9, "index": 0, "scene_id": videos[0].scene_id, "num_frames": 6}
         _check_video_result(videos[0], annotation["result"], [o.long_caption for o in videos[0].objects])
@@ -176,11 +179,11 @@ def test_video_export_both_formats():
             (prediction,) = export["predictions"]
             assert annotation["parent_prediction"] == prediction["id"]
             _check_video_result(videos[0], prediction["result"], ex.model_captions(videos[0]))
-    plain = json.loads(ex.export_video_objects(videos[:1], with_attributes=False)["export/1"])
+    plain = json.loads(exv.export_video_objects(videos[:1], with_attributes=False)["export/1"])
     assert set(plain["task"]["data"]) == {"video"}
-    assert ex.export_video_objects(videos) == ex.export_video_objects(videos)
+    assert exv.export_video_objects(videos) == exv.export_video_objects(videos)
     with pytest.raises(ValueError):
-        ex.export_video_objects(videos, "csv")
+        exv.export_video_objects(videos, "csv")
 
 
 def test_video_file_is_lossless_and_deterministic(tmp_path):
@@ -189,15 +192,15 @@ def test_video_file_is_lossless_and_deterministic(tmp_path):
     from dam_model.synthetic import generate_video
 
     video = generate_video(9, 1, num_frames=5)
-    data = ex.video_bytes(video.frames)
-    assert data == ex.video_bytes(video.frames)  # bit-exact muxing
-    ex.write_video(tmp_path / "sub" / "clip.mkv", video.frames)
+    data = exv.video_bytes(video.frames)
+    assert data == exv.video_bytes(video.frames)  # bit-exact muxing
+    exv.write_video(tmp_path / "sub" / "clip.mkv", video.frames)
     assert (tmp_path / "sub" / "clip.mkv").read_bytes() == data
     with av.open(str(tmp_path / "sub" / "clip.mkv")) as container:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(decoded) == 5 and all(np.array_equal(a, b) for a, b in zip(decoded, video.frames))
     with pytest.raises(ValueError):
-        ex.video_bytes(video.frames.astype(np.float32))
+        exv.video_bytes(video.frames.astype(np.float32))
 
 
 def test_command_line_writes_videos_tasks_and_both_formats(tmp_path):

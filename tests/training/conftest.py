@@ -16,7 +16,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_samples():
     """Regions of four 64x64 synthetic scenes (long + short captions)."""
-    from dam_model.training import synthetic_training_samples
+    from dam_model.train import synthetic_training_samples
 
     return synthetic_training_samples(seed=5, n_scenes=4, size=(64, 64))
 

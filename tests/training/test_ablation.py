@@ -1,8 +1,8 @@
-"""scripts.ablation end to end at a toy budget: both variants train and are scored, the RESULT line is printed."""
+"""dam_tools.ablation end to end at a toy budget: both variants train and are scored, the RESULT line is printed."""
 import json
 import re
 
-from scripts import ablation
+from dam_tools import ablation
 
 
 def test_ablation_runs_both_variants_and_prints_ratio(tmp_path, capsys):

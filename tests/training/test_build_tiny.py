@@ -1,10 +1,11 @@
-"""scripts.build_tiny_model: cache key, cache hit without training, `latest` link; caption/eval helpers."""
+"""dam_tools.build_tiny_model: cache key, cache hit without training, `latest` link; caption/eval helpers."""
 import dataclasses
 import json
 
 import pytest
 
-from scripts import build_tiny_model as btm
+from dam_model.synthetic import generate_dataset
+from dam_tools import build_tiny_model as btm
 
 
 def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
@@ -12,7 +13,7 @@ def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
     key = btm.cache_key(ci)
     assert key.startswith("ci-") and key == btm.cache_key(ci)
     assert btm.cache_key(dataclasses.replace(ci, train_scenes=ci.train_scenes + 1)) != key
-    monkeypatch.setattr("dam_model.training.training_code_version", lambda: "changed")
+    monkeypatch.setattr("dam_model.train.training_code_version", lambda: "changed")
     assert btm.cache_key(ci) != key
 
 
@@ -26,7 +27,7 @@ def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached build must not train")
 
-    monkeypatch.setattr("dam_model.training.train", no_training)
+    monkeypatch.setattr("dam_model.train.train", no_training)
     assert btm.build(profile) == target / "model"
     assert "cached" in capsys.readouterr().out
     link = tmp_path / "tiny-dam" / "latest-ci"
@@ -39,8 +40,6 @@ def test_unknown_profile_is_rejected():
 
 
 def test_greedy_captions_and_report_on_both_paths(tiny_samples, make_model):
-    from dam_model.synthetic import generate_dataset
-
     model = make_model()
     samples = tiny_samples[:3]
     regions = [o.attributes for s in generate_dataset(5, 4, size=(64, 64)) for o in s.objects][:3]

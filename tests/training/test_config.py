@@ -1,7 +1,7 @@
 """TrainConfig validation and round trip; the learning-rate schedule."""
 import pytest
 
-from dam_model.training import TrainConfig, lr_factor
+from dam_model.train import TrainConfig, lr_factor
 
 
 @pytest.mark.parametrize("bad", [

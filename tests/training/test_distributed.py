@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dam_model.training import TrainConfig, list_checkpoints, synthetic_video_training_samples, train
+from dam_model.train import TrainConfig, list_checkpoints, synthetic_video_training_samples, train
 
 WORLD = 2
 FIELDS = dict(max_steps=3, batch_size=1, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2, keep_last=3,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dam_model.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID
-from dam_model.training import (
+from dam_model.train import (
     TRAINER_STATE,
     RegionData,
     TrainConfig,

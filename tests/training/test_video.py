@@ -12,15 +12,8 @@ from dam_model.augment import DEFAULT_QUERY, augment_prompt, example_rng
 from dam_model.config import video_query
 from dam_model.focal import preprocess_regions
 from dam_model.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt, encode_answer, tokenize_prompt
-from dam_model.training import (
-    RegionData,
-    TrainConfig,
-    VideoTrainingSample,
-    as_training_sample,
-    list_checkpoints,
-    synthetic_video_training_samples,
-    train,
-)
+from dam_model.data import TrackSample, from_row, to_row
+from dam_model.train import RegionData, TrainConfig, list_checkpoints, synthetic_video_training_samples, train
 
 FRAMES = 2  # the tiny model's num_video_frames: few frames keep the tests fast
 
@@ -56,17 +49,17 @@ def _data(samples, model, cfg, **kwargs):
                       image_query=model.config.image_query, video_query=model.config.video_query, **kwargs)
 
 
-def test_video_sample_accepts_rows_and_rejects_bad_ones(videos):
+def test_video_sample_accepts_rows_and_rejects_bad_ones(videos, tmp_path):
     first = videos[0]
-    row = {"kind": "video", "frames": first.frames, "masks": first.masks, "caption": "a track", "split": "train"}
-    sample = as_training_sample(row)
-    assert isinstance(sample, VideoTrainingSample) and sample.caption == "a track" and len(sample.frames) == 6
+    row = to_row(TrackSample(first.frames, first.masks, "a track"), tmp_path, "track", split="train")
+    sample = from_row(row, tmp_path)
+    assert isinstance(sample, TrackSample) and sample.caption == "a track" and len(sample.frames) == 6
     with pytest.raises(ValueError, match="frames but"):
-        VideoTrainingSample(first.frames, first.masks[:3], "x")
+        TrackSample(first.frames, first.masks[:3], "x")
     with pytest.raises(ValueError, match="every mask"):
-        VideoTrainingSample(first.frames, [np.zeros_like(m) for m in first.masks], "x")
+        TrackSample(first.frames, [np.zeros_like(m) for m in first.masks], "x")
     with pytest.raises(ValueError, match="HxWx3"):
-        VideoTrainingSample([f[:, :, 0] for f in first.frames], first.masks, "x")
+        TrackSample([f[:, :, 0] for f in first.frames], first.masks, "x")
     with pytest.raises(ValueError, match="video_query"):
         RegionData(videos, None, 56, _cfg("unused", cache_preprocessed=False))
 
@@ -76,7 +69,7 @@ def test_teacher_forced_video_inputs_equal_what_describe_video_feeds(videos, mak
     sample = videos[1]
     # Hide the object on some frames: the frame choice (select_video_frames) must skip them like describe_video.
     masks = [m if i not in (0, 3) else np.zeros_like(m) for i, m in enumerate(sample.masks)]
-    sample = VideoTrainingSample(sample.frames, masks, sample.caption, sample.short_caption)
+    sample = TrackSample(sample.frames, masks, sample.caption, sample.short_caption)
     data = _data([sample], model, _cfg(tmp_path), augment=False)
     (batch,) = list(data.eval_batches(4))
 
@@ -123,7 +116,7 @@ def test_mixed_batch_loss_equals_forward_on_hand_built_inputs(tiny_samples, vide
         sample = samples[index]
         ex = augment_prompt(sample.caption, sample.short_caption, example_rng(cfg.seed, step, slot), 0.0)
         assert ex.query != DEFAULT_QUERY
-        if isinstance(sample, VideoTrainingSample):
+        if isinstance(sample, TrackSample):
             query = "Video: " + "<image>" * FRAMES + "\n" + ex.query  # the video prefix of video_query(FRAMES)
             assert model.config.video_query == video_query(FRAMES)
             prepared, _ = model.prepare_video(sample.frames, sample.masks)

@@ -10,18 +10,17 @@ import tempfile
 import time
 
 import numpy as np
+import torch
+
+from dam_model.config import DAMConfig
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.prompt import build_prompt
+from dam_model.tokenizer import load_tokenizer, train_tokenizer
 
 MAX_NEW_TOKENS = 24
 
 
 def build_model():
-    import torch
-
-    from dam_model.config import DAMConfig
-    from dam_model.modeling import DescribeAnythingModel
-    from dam_model.prompt import build_prompt
-    from dam_model.tokenizer import load_tokenizer, train_tokenizer
-
     words = "red green blue small large wooden metal cup box chair table person dog cat on in near the a".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, 8)) + "." for _ in range(300)] + [build_prompt("<image>\nDescribe.")]
@@ -59,8 +58,6 @@ def _median_s(fn, repeat: int) -> float:
 
 
 def run(args) -> float:
-    import torch
-
     torch.set_num_threads(1)  # tiny matrices: one thread avoids OpenMP contention on a shared 2-core machine
     repeat = args.repeat or 5
     model = build_model()

@@ -6,7 +6,16 @@ ratio = decode tokens/s at batch 8 / decode tokens/s at batch 1.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+
+import torch
+
+from dam_model.checkpoint import reset_rotary
+from dam_model.config import DAMConfig
+from dam_model.generation import GenerationSettings, generate
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.prompt import IMAGE_TOKEN_ID
 
 PROMPT_TOKENS = 60  # text tokens of the vicuna_v1 image prompt around <image> (DAM-3B: ~60 + 196 visual)
 NEW_TOKENS = 128
@@ -14,11 +23,6 @@ NEW_TOKENS = 128
 
 def build_random_model(config, device, dtype):
     """The model of `config` with random weights, directly on `device` in `dtype`."""
-    import torch
-
-    from dam_model.checkpoint import reset_rotary
-    from dam_model.modeling import DescribeAnythingModel
-
     torch.manual_seed(0)
     with torch.device(device):
         model = DescribeAnythingModel.from_config(config)
@@ -28,8 +32,6 @@ def build_random_model(config, device, dtype):
 
 
 def _timed(fn, device, repeat: int) -> float:
-    import torch
-
     fn()
     times = []
     for _ in range(repeat):
@@ -45,11 +47,6 @@ def _timed(fn, device, repeat: int) -> float:
 
 def measure(model, device, repeat: int = 5, new_tokens: int = NEW_TOKENS) -> dict[str, float]:
     """Median timings (seconds) of encode, prefill and decode for the given model (any device)."""
-    import torch
-
-    from dam_model.generation import GenerationSettings, generate
-    from dam_model.prompt import IMAGE_TOKEN_ID
-
     size = model.config.vision.image_size
     generator = torch.Generator(device="cpu").manual_seed(0)
     vocab = model.config.llm.vocab_size
@@ -86,16 +83,10 @@ def measure(model, device, repeat: int = 5, new_tokens: int = NEW_TOKENS) -> dic
 
 
 def run(args) -> float:
-    import sys
-
-    import torch
-
     if not torch.cuda.is_available():
         print("gpu benchmark needs CUDA: no CUDA device is visible, nothing was measured")
         sys.stdout.flush()
         raise SystemExit(1)
-    from dam_model.config import DAMConfig
-
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     model = build_random_model(DAMConfig.dam_3b(), device, torch.bfloat16)

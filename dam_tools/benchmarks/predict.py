@@ -15,17 +15,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+
+from backend.app import create_app
+from backend.model_store import default_loader
+from backend.rle import encode_rle
+from backend.settings import Settings
+from dam_model.config import DAMConfig
+from dam_model.generation import Caption
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.prompt import build_prompt
+from dam_model.synthetic import generate_dataset, iter_region_samples
+from dam_model.tokenizer import load_tokenizer, train_tokenizer
 
 
 def _tiny_dam(folder: Path) -> Path:
-    import torch
-
-    from dam_model.config import DAMConfig
-    from dam_model.modeling import DescribeAnythingModel
-    from dam_model.prompt import build_prompt
-    from dam_model.synthetic import generate_dataset, iter_region_samples
-    from dam_model.tokenizer import load_tokenizer, train_tokenizer
-
     scenes = generate_dataset(seed=11, n=8)
     texts = [s.caption for s in iter_region_samples(scenes, caption="long")]
     texts += [build_prompt("<image>\nDescribe the masked region in detail.")] * 4
@@ -36,8 +41,6 @@ def _tiny_dam(folder: Path) -> Path:
 
 
 def _regions(height: int, width: int, n: int = 8) -> list[dict]:
-    from backend.rle import encode_rle
-
     out = []
     for i in range(n):
         mask = np.zeros((height, width), dtype=bool)
@@ -61,13 +64,6 @@ def _time(fn, repeat: int) -> float:
 
 
 def run(args) -> float:
-    import torch
-    from PIL import Image
-
-    from backend.app import create_app
-    from backend.model_store import default_loader
-    from backend.settings import Settings
-
     torch.set_num_threads(1)  # OpenMP threads spin-wait on a busy shared box: one thread gives stable figures
     config = (Path(__file__).resolve().parents[2] / "label_config" / "image.xml").read_text()
     repeat = args.repeat or 5
@@ -119,8 +115,6 @@ def run(args) -> float:
             config = type("Cfg", (), {"image_query": "<image>\nDescribe the masked region in detail."})()
 
             def describe(self, image, masks, **_):
-                from dam_model.generation import Caption
-
                 return [Caption("a region", -0.1, []) for _ in masks]
 
         hd = app_for(lambda *a: Instant())

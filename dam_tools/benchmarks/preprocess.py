@@ -11,6 +11,10 @@ import statistics
 import time
 
 import numpy as np
+import torch
+from PIL import Image
+
+from dam_model.focal import default_workers, focal_crop_box, preprocess_regions
 
 SIZE = 384
 
@@ -29,10 +33,6 @@ def scene(height: int = 960, width: int = 1280, regions: int = 8, seed: int = 0)
 
 def per_region_pipeline(image: np.ndarray, masks: list[np.ndarray], size: int = SIZE) -> np.ndarray:
     """One region at a time, as the release does it: PIL views, 3-channel mask images, float maths per view."""
-    from PIL import Image
-
-    from dam_model.focal import focal_crop_box
-
     def to_float(view: np.ndarray) -> np.ndarray:  # rescale (float64) then normalise (float32), as the release
         scaled = (view.astype(np.float64) * (1 / 255)).astype(np.float32)
         return (scaled - np.float32(0.5)) / np.float32(0.5)
@@ -62,10 +62,6 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def run(args) -> float:
-    import torch
-
-    from dam_model.focal import default_workers, preprocess_regions
-
     torch.set_num_threads(1)
     repeat = args.repeat or 7
     image, masks = scene()

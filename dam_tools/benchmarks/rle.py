@@ -12,6 +12,9 @@ import time
 from typing import Callable
 
 import numpy as np
+from label_studio_sdk.converter import brush
+
+from backend.rle import decode_rle, encode_rle
 
 
 def blob_mask(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -37,16 +40,12 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def codecs() -> dict[str, tuple[Callable, Callable]]:
-    from label_studio_sdk.converter import brush
-
-    from backend.rle import decode_rle, encode_rle
-
     out = {
         "backend.rle": (encode_rle, lambda rle, h, w: decode_rle(rle, h, w)),
         "label_studio_sdk": (brush.mask2rle, lambda rle, h, w: brush.decode_rle(rle).reshape(h, w, 4)[:, :, 3]),
     }
     try:
-        import label_studio_brush_rle_rs as rs
+        import label_studio_brush_rle_rs as rs  # deferred: optional (dev-only Rust codec); the benchmark runs without it
 
         out["label-studio-brush-rle-rs"] = (
             lambda m: list(rs.encode_rle(np.repeat(m.ravel(), 4), 8, [3, 4, 8, 16])),

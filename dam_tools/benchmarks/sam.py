@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
+
+from dam_model.segmentation import Sam2Segmenter
 
 
 def run(args: Any) -> float:
-    import torch
-
-    from dam_model.segmentation import Sam2Segmenter
-
     # Intra-op threads: SAM_BENCH_THREADS (default 1, at most 2: the CI box has 2 shared cores). With other
     # jobs on those cores, a 2-thread decoder spends most of its ~150 small ops waiting for the second
     # thread (measured 1.9 s per click vs 0.3 s single-threaded), so the default measures the model, not the queue.

@@ -1,0 +1,219 @@
+"""The nightly self-training loop (dam-nightly): pull -> build -> pseudo-label -> train -> evaluate -> promote, one
+run at a time. The orchestrator: it calls the other steps' public run functions (training in a subprocess).
+
+Run (docker-compose schedules exactly this)::
+
+    python -m dam_loop.steps.nightly --work-root /data/loop --models-root /data/models [--max-steps 500]
+
+Environment (every option also has a flag; see --help):
+    S3_ENDPOINT_URL, S3_BUCKET, S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the Label Studio export
+    LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
+    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      image fetching (backend/media.py)
+    INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
+    TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
+
+Exit codes:
+    0  a new version was promoted            10  nothing new in the bucket since the last completed run
+    11 candidate not better than champion    12  the data yields no training or validation samples
+    2  bad arguments / configuration         3   another run holds the lock (<work root>/nightly.lock)
+    1  failure (see runs/<run id>/nightly.log)
+
+Each run writes ``<work root>/runs/<run id>/nightly.log`` and ``summary.json``. Training runs in a subprocess whose
+output folder is stable for a given snapshot and configuration, so a run that died during training resumes from its
+last checkpoint the next time. A run only counts as done (state.json) once it promoted or decided not to.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dam_loop.cli import (
+    EXIT_BAD_ARGS,
+    EXIT_NOT_BETTER,
+    EXIT_NOTHING_NEW,
+    EXIT_PROMOTED,
+    BadArguments,
+    LoopError,
+    NoSamples,
+    add_log_level_arg,
+    add_models_root_arg,
+    add_work_root_arg,
+    env_bool,
+    env_default,
+    guard,
+    setup_logging,
+    step_parser,
+)
+from dam_loop.dataset import read_info
+from dam_loop.lock import FileLock
+from dam_loop.models_root import champion_dir, resolve_init
+from dam_loop.provenance import new_run_id, utc_iso
+from dam_loop.steps import build, evaluate, promote, pseudo_label, pull, train
+from dam_model.fileio import atomic_write_json, read_json
+
+log = logging.getLogger("dam_loop.nightly")
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the training subprocess runs `-m dam_loop.steps.train` from here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = step_parser("python -m dam_loop.steps.nightly", __doc__)
+    add_work_root_arg(parser)
+    add_models_root_arg(parser)
+    pull.add_source_args(parser)
+    g = parser.add_argument_group("loop")
+    build.add_build_args(g)
+    promote.add_margin_arg(g)
+    g.add_argument("--pseudo-label", action=argparse.BooleanOptionalAction, default=env_bool("PSEUDO_LABEL", True),
+                   help="run the pseudo-labelling stage (env PSEUDO_LABEL; default on)")
+    g.add_argument("--train-launcher", default=env_default("TRAIN_LAUNCHER", ""),
+                   help='command prefix for training, e.g. "accelerate launch" (env TRAIN_LAUNCHER; default: this Python)')
+    g.add_argument("--force", action="store_true", help="run even when nothing is new since the last completed run")
+    g.add_argument("--version", help="name of the promoted version (default v<UTC date-time>)")
+    pseudo_label.add_pseudo_args(parser)
+    train.add_train_flags(parser)
+    evaluate.add_eval_args(parser)
+    add_log_level_arg(parser)
+    return parser
+
+
+def train_command(args: argparse.Namespace, dataset: Path, init: Path | str) -> list[str]:
+    """argv of the training subprocess: the launcher (default: this Python) + the train step with nightly's flags."""
+    launcher = shlex.split(args.train_launcher) if args.train_launcher else [sys.executable]
+    return train.command(launcher, args, dataset, init)
+
+
+def run_training(argv: list[str], log_path: Path) -> Path:
+    """Run training in a subprocess, stream its output into the run log, return the candidate folder."""
+    log.info("train: %s", " ".join(shlex.quote(a) for a in argv))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    candidate = None
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          cwd=PACKAGE_PARENT) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            logging.getLogger("dam_loop.train.subprocess").info("%s", line)
+            if line.startswith('{"candidate":'):
+                candidate = json.loads(line)["candidate"]
+        code = proc.wait()
+    if code != 0 or candidate is None:
+        if code == EXIT_BAD_ARGS:
+            raise BadArguments(f"training refused its arguments (exit {code}); see {log_path}")
+        raise LoopError(f"training failed with exit code {code}; see {log_path}")
+    return Path(candidate)
+
+
+def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int:
+    """One loop round (the caller holds the lock); fills ``summary`` as the steps finish. Returns the exit code."""
+    work_root = Path(args.work_root)
+    summary.update(started_at=utc_iso(), steps={})
+    timings = summary.setdefault("seconds", {})
+
+    def step(name: str) -> float:
+        log.info("=== %s", name)
+        return time.time()
+
+    t = step("pull")
+    source = pull.source_from_args(args)
+    pulled = pull.pull(pull.make_s3_client(source), source, work_root)
+    summary["steps"]["pull"] = pulled.summary()
+    timings["pull"] = round(time.time() - t, 2)
+    state_path = work_root / "state.json"
+    state = read_json(state_path) if state_path.exists() else {}
+    summary["snapshot_id"] = pulled.snapshot_id
+    if pulled.snapshot_id is None or (not args.force and pulled.snapshot_id == state.get("last_snapshot")):
+        log.info("nothing new since snapshot %s", state.get("last_snapshot"))
+        return EXIT_NOTHING_NEW
+
+    t = step("build")
+    dataset = build.build_dataset(work_root, pulled.snapshot_id, val_fraction=args.val_fraction,
+                                  image_key=args.image_key, local_files_root=args.local_files_root)
+    counts = read_info(dataset)["counts"]
+    summary["steps"]["build"] = {"dataset": str(dataset), **counts}
+    timings["build"] = round(time.time() - t, 2)
+    n_train = counts["train"] + counts.get("video_train", 0)  # image regions + video tracks
+    n_val = counts["val"] + counts.get("video_val", 0)
+    if n_train == 0 or n_val == 0:
+        raise NoSamples(f"dataset {dataset} has {n_train} training and {n_val} validation samples (images + videos)")
+
+    champion = champion_dir(args.models_root)
+    init = resolve_init(args.init, args.models_root)  # --init, else the champion, else INIT_MODEL
+    summary["champion"] = str(champion) if champion else None
+    summary["init"] = str(init)
+
+    if args.pseudo_label and args.max_fraction > 0:
+        t = step("pseudo-label")
+        summary["steps"]["pseudo_label"] = pseudo_label.pseudo_label(
+            dataset, champion or init, args.min_logprob, args.min_mask_score, args.max_fraction, args.device,
+            args.pseudo_max_new_tokens, pseudo_label.sam2_settings(args),
+        )
+        timings["pseudo_label"] = round(time.time() - t, 2)
+
+    t = step("train")
+    candidate = run_training(train_command(args, dataset, init), run_dir / "nightly.log")
+    summary["steps"]["train"] = {"candidate": str(candidate)}
+    timings["train"] = round(time.time() - t, 2)
+
+    t = step("evaluate")
+    # The champion is what serves now; before the first promotion it is the starting model.
+    metrics = evaluate.evaluate(candidate, champion or init, dataset, run_dir / "eval", device=args.device,
+                                max_samples=args.eval_max_samples, max_new_tokens=args.eval_max_new_tokens,
+                                report_samples=args.report_samples, judge=args.judge)
+    summary["steps"]["evaluate"] = {"candidate": metrics["candidate"], "champion": metrics["champion"],
+                                    "score_name": metrics["score_name"], "report": str(run_dir / "eval" / "report.html")}
+    timings["evaluate"] = round(time.time() - t, 2)
+
+    t = step("promote")
+    cand_score, champ_score = metrics["candidate"]["score"], metrics["champion"]["score"]
+    if not promote.should_promote(cand_score, champ_score, args.margin):
+        log.info("not promoted: candidate %s %.4f vs champion %.4f (margin %.4f)", metrics["score_name"], cand_score,
+                 champ_score, args.margin)
+        summary["steps"]["promote"] = {"promoted": False}
+        return EXIT_NOT_BETTER
+    pointer = promote.promote(
+        args.models_root, candidate, metrics={"score_name": metrics["score_name"], **metrics["candidate"]},
+        version=args.version,
+        provenance={"run_id": run_dir.name, "snapshot_id": pulled.snapshot_id, "evaluation": metrics,
+                    "champion": str(champion) if champion else None},
+    )
+    summary["steps"]["promote"] = {"promoted": True, **pointer}
+    timings["promote"] = round(time.time() - t, 2)
+    return EXIT_PROMOTED
+
+
+def locked_run(args: argparse.Namespace, run_dir: Path) -> int:
+    """Take the lock (LockedError when another run holds it), run one round, record how it ended."""
+    work_root = Path(args.work_root)
+    with FileLock(work_root / "nightly.lock"):
+        log.info("nightly run %s (work root %s, models root %s)", run_dir.name, work_root, args.models_root)
+        summary: dict[str, Any] = {"run_id": run_dir.name}
+        code = guard(lambda: run(args, run_dir, summary), "nightly run")
+        if code in (EXIT_PROMOTED, EXIT_NOT_BETTER):
+            atomic_write_json(work_root / "state.json", {"last_snapshot": summary["snapshot_id"], "last_run": run_dir.name,
+                                                         "last_exit_code": code, "finished_at": utc_iso()})
+        summary.update(exit_code=code, finished_at=utc_iso())
+        atomic_write_json(run_dir / "summary.json", summary)
+        log.info("nightly run %s finished with exit code %d", run_dir.name, code)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 for bad arguments, 0 for --help
+        return int(exc.code or 0)
+    run_dir = Path(args.work_root) / "runs" / new_run_id()
+    setup_logging(args.log_level, run_dir / "nightly.log")
+    return guard(lambda: locked_run(args, run_dir), "nightly run")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

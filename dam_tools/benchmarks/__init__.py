@@ -1,0 +1,1 @@
+"""One module per benchmark; see dam_tools/bench.py."""

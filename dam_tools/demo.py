@@ -1,0 +1,225 @@
+"""The local demo, for machines without Docker or a GPU: ``./manage.sh demo`` (= ``python -m dam_tools.demo``).
+
+Starts, as child processes of this one:
+- Label Studio 1.23.2 from its own venv (.venv-ls), data under ``<run dir>/label-studio``;
+- moto's S3 server, standing in for MinIO (the bucket receives Label Studio's exported annotations);
+- the DAM backend under gunicorn, serving the tiny trained model (dam_tools.build_tiny_model) on CPU, with the
+  offline colour-region-growing segmenter for keypoints (no SAM 2 weights needed).
+Then creates the demo project (label_config/image.xml, synthetic images with brush regions), connects the backend
+in interactive mode, adds the S3 target storage, runs "Retrieve predictions" so the tasks already show captions,
+prints the URL and the login, and waits. Ctrl-C stops every child process (no orphans).
+
+A second run reuses the Label Studio data (and its login, kept in ``<run dir>/credentials.json``) and the
+project; ``--fresh`` starts from scratch. ``--no-wait`` (alias ``--smoke``) exits after the setup.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from dam_model.fileio import atomic_write_json
+from dam_tools.build_tiny_model import ensure_tiny_model
+from dam_tools.local_stack import ROOT, LabelStudioCredentials, LocalStack, StackError, port_is_free
+from dam_tools.ls_api import LabelStudioAPI
+from dam_tools.provisioning import S3Target, backend_env, create_bucket, provision_project, synthetic_tasks
+
+PROJECT_TITLE = "DAM demo: describe anything"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ls-port", type=int, default=int(os.environ.get("DEMO_LS_PORT", 8080)),
+                        help="Label Studio port (env DEMO_LS_PORT; default 8080)")
+    parser.add_argument("--backend-port", type=int, default=int(os.environ.get("DEMO_BACKEND_PORT", 9090)),
+                        help="backend port (env DEMO_BACKEND_PORT; default 9090)")
+    parser.add_argument("--s3-port", type=int, default=int(os.environ.get("DEMO_S3_PORT", 9000)),
+                        help="moto S3 server port (env DEMO_S3_PORT; default 9000, MinIO's)")
+    parser.add_argument("--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "demo",
+                        help="Label Studio data, logs, media cache, models and loop work (default runs/demo)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="DAM folder to serve (default: the tiny trained model, built and cached if missing)")
+    parser.add_argument("--tasks", type=int, default=6, help="synthetic tasks in a new demo project (default 6)")
+    parser.add_argument("--segmenter", choices=["region", "sam2", "none"], default="region",
+                        help="keypoints -> mask: region (offline colour region growing, default), sam2 (needs SAM2_CHECKPOINT)")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="tasks per Retrieve-predictions call (one /predict each; default 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="caption length cap of the demo backend, tokens (default 64: the tiny model's captions are short)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run dir's Label Studio data first")
+    parser.add_argument("--no-wait", "--smoke", dest="no_wait", action="store_true",
+                        help="exit (stopping everything) once the demo project is ready")
+    return parser.parse_args(argv)
+
+
+def load_credentials(run_dir: Path, ls_data: Path) -> LabelStudioCredentials:
+    """The demo's Label Studio login: reused from credentials.json when its data dir exists, else new."""
+    path = run_dir / "credentials.json"
+    if ls_data.exists() and path.is_file():
+        saved = json.loads(path.read_text())
+        return LabelStudioCredentials(username=saved["username"], password=saved["password"], token=saved["token"])
+    if ls_data.exists() and any(ls_data.iterdir()):
+        raise StackError(f"{ls_data} exists without {path}: the login is unknown; rerun with --fresh")
+    username = os.environ.get("LABEL_STUDIO_USERNAME", "admin@example.com")
+    password = os.environ.get("LABEL_STUDIO_PASSWORD") or f"demo-{os.urandom(6).hex()}"
+    token = os.environ.get("LABEL_STUDIO_USER_TOKEN") or LabelStudioCredentials().token
+    creds = LabelStudioCredentials(username=username, password=password, token=token)
+    atomic_write_json(path, {"username": username, "password": password, "token": token})
+    os.chmod(path, 0o600)
+    return creds
+
+
+def resolve_model(model: Path | None) -> Path:
+    """The DAM folder to serve: ``--model`` or the cached tiny trained model (built on first use)."""
+    if model is not None:
+        if not (Path(model) / "config.json").is_file():
+            raise StackError(f"--model {model} is not a DAM folder (no config.json)")
+        return Path(model)
+    return Path(ensure_tiny_model("default"))
+
+
+def existing_project(api: LabelStudioAPI) -> dict | None:
+    reply = api.call("GET", "/api/projects?page_size=100")
+    projects = reply.get("results", []) if isinstance(reply, dict) else reply
+    return next((p for p in projects if p.get("title") == PROJECT_TITLE), None)
+
+
+def reconnect(api: LabelStudioAPI, project_id: int, backend_url: str, s3: S3Target) -> int:
+    """Point an existing demo project's ML backend and S3 storage at this run's ports; returns the backend id."""
+    backends = api.call("GET", f"/api/ml?project={project_id}")
+    if backends:
+        ml = backends[0]
+        if ml.get("url") != backend_url:  # `url` must be in the PATCH body: Label Studio answers 500 without it
+            api.call("PATCH", f"/api/ml/{ml['id']}", json={"url": backend_url, "is_interactive": True})
+        ml_id = int(ml["id"])
+    else:
+        ml_id = api.connect_ml_backend(project_id, backend_url, title="DAM captions", interactive=True)
+    storages = api.call("GET", f"/api/storages/export/s3?project={project_id}")
+    if storages:
+        api.call("PATCH", f"/api/storages/export/s3/{storages[0]['id']}", json={"s3_endpoint": s3.endpoint})
+    else:
+        api.add_s3_target_storage(project_id, s3.bucket, s3.prefix, s3.endpoint, s3.access_key, s3.secret_key)
+    return ml_id
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir.resolve()
+    ls_data = run_dir / "label-studio"
+    if args.fresh:
+        shutil.rmtree(ls_data, ignore_errors=True)
+        (run_dir / "credentials.json").unlink(missing_ok=True)
+    for name, port in (("--ls-port", args.ls_port), ("--backend-port", args.backend_port), ("--s3-port", args.s3_port)):
+        if not port_is_free(port, args.host):
+            raise StackError(f"port {port} ({name}) is in use: choose another with {name}")
+    started = time.monotonic()
+    model_dir = resolve_model(args.model)
+    creds = load_credentials(run_dir, ls_data)
+    label_config = (ROOT / "label_config" / "image.xml").read_text()
+
+    with LocalStack(run_dir, host=args.host, verbose=True) as stack:
+        # Ctrl-C and SIGTERM both unwind through the `with`, which stops every child process group.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (nohup, &)
+        print(f"==> S3 (moto) on :{args.s3_port}", flush=True)
+        s3_service = stack.start_s3(args.s3_port)
+        s3 = S3Target(endpoint=s3_service.url)
+        create_bucket(s3.endpoint, s3.bucket, s3.access_key, s3.secret_key, s3.region)
+        print(f"==> Label Studio on :{args.ls_port} (first start ~40 s: database migrations)", flush=True)
+        ls = stack.start_label_studio(args.ls_port, creds, ls_data)
+        print(f"==> backend on :{args.backend_port} serving {model_dir}", flush=True)
+        env = backend_env(model_dir, ls.url, creds.token, run_dir, segmenter=args.segmenter, s3=s3,
+                          extra={"MAX_NEW_TOKENS": str(args.max_new_tokens)})
+        backend = stack.start_backend(args.backend_port, env)
+
+        api = LabelStudioAPI(ls.url, creds.token)
+        found = existing_project(api)
+        if found is None:
+            print(f"==> creating the demo project ({args.tasks} synthetic tasks)", flush=True)
+            tasks = synthetic_tasks(label_config, run_dir / "media", args.tasks)
+            info = provision_project(api, PROJECT_TITLE, label_config, tasks, backend.url, s3=s3)
+            project_id, task_ids = info.project_id, info.task_ids
+        else:
+            project_id = int(found["id"])
+            print(f"==> reusing the demo project {project_id}", flush=True)
+            reconnect(api, project_id, backend.url, s3)
+            task_ids = [int(t["id"]) for t in api.tasks(project_id)]
+        print("==> Retrieve predictions (captions every region of every task)", flush=True)
+        t0 = time.monotonic()
+        for start in range(0, len(task_ids), max(1, args.batch)):  # one /predict per batch: stays under the timeout
+            api.retrieve_predictions(project_id, task_ids[start:start + max(1, args.batch)])
+        captioned = count_captioned(api, task_ids)
+        print(f"    {captioned}/{len(task_ids)} tasks hold a captioned prediction ({time.monotonic() - t0:.1f} s)")
+
+        print_banner(args, ls.url, project_id, creds, s3, run_dir, time.monotonic() - started)
+        if args.no_wait:
+            return 0 if captioned else 1
+        return wait_forever(stack)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def count_captioned(api: LabelStudioAPI, task_ids: list[int]) -> int:
+    """Tasks with at least one stored prediction holding a non-empty textarea."""
+    count = 0
+    for task_id in task_ids:
+        for prediction in api.predictions(task_id):
+            texts = [t for r in prediction.get("result", []) if r.get("type") == "textarea"
+                     for t in r.get("value", {}).get("text", []) if str(t).strip()]
+            if texts:
+                count += 1
+                break
+    return count
+
+
+def print_banner(args: argparse.Namespace, ls_url: str, project_id: int, creds: LabelStudioCredentials,
+                 s3: S3Target, run_dir: Path, seconds: float) -> None:
+    print(
+        f"""
+  Ready in {seconds:.0f} s.
+  Label Studio   {ls_url}/projects/{project_id}/data
+  login          {creds.username} / {creds.password}
+  API token      {creds.token}
+  ML backend     http://{args.host}:{args.backend_port} (interactive: pick the keypoint tool and click an object)
+  S3 (moto)      {s3.endpoint} bucket {s3.bucket}/{s3.prefix}/ (submitted annotations land here)
+  logs           {run_dir / 'logs'}
+  Ctrl-C stops everything.""",
+        flush=True,
+    )
+
+
+def wait_forever(stack: LocalStack) -> int:
+    """Sleep until Ctrl-C; if a service dies meanwhile, print its log tail and exit 1."""
+    try:
+        while True:
+            time.sleep(1.0)
+            for service in stack.services:
+                if not service.alive():
+                    print(f"{service.name} exited ({service.process.returncode}); log tail:\n{service.log_tail()}")
+                    return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything stopped", flush=True)
+        return 130
+    except StackError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Small named steps of the self-training loop, the demo and the benchmarks."""

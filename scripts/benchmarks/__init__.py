@@ -1,1 +1,0 @@
-"""One module per benchmark; see scripts/bench.py."""
