@@ -213,7 +213,8 @@ def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
     for item in tracks:
         rid = str(item.get("id"))
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
-        seq = [s for s in value.get("sequence") or [] if isinstance(s, dict)]
+        sequence = value.get("sequence")
+        seq = [s for s in sequence if isinstance(s, dict)] if isinstance(sequence, list) else []
         if not seq:
             raise Unprocessable(f"video track {region_label(item)} has no sequence", kind="bad_region")
         covered = timeline_length(value, len(frames))

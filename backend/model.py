@@ -104,7 +104,10 @@ class DAMBackend:
                 raise BadRequest("context.result must be a list")
             if len(tasks) != 1:
                 raise BadRequest("an interactive request carries exactly one task")
-            return PredictReply([interactive.predict(self, tasks[0], ctx_results, cfg, loaded)], loaded.version)
+            try:
+                return PredictReply([interactive.predict(self, tasks[0], ctx_results, cfg, loaded)], loaded.version)
+            except ValueError as exc:  # a value the parsers or the model reject: the request's fault, never a 500
+                raise batch.as_status_error(exc) from None
         results, failures = batch.predict(self, tasks, cfg, loaded)
         return PredictReply(results, loaded.version, failures)
 

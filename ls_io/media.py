@@ -287,15 +287,18 @@ class MediaFetcher:
         root = self.settings.local_files_root
         if not root:
             raise MediaRefused("media URL refused: local paths are disabled (set LOCAL_FILES_ROOT)")
-        real_root = Path(root).resolve()
-        real = (real_root / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
-        if not real.is_relative_to(real_root):
-            raise MediaRefused("media URL refused: local media path is outside LOCAL_FILES_ROOT")
-        if not real.is_file():
-            raise MediaNotFound(f"{what} could not be fetched: local file {real.name} not found")
-        if real.stat().st_size > max_bytes:
-            raise PayloadTooLarge(f"{what} is {real.stat().st_size} bytes, over the {max_bytes} byte limit")
-        return real.read_bytes()
+        try:
+            real_root = Path(root).resolve()
+            real = (real_root / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
+            if not real.is_relative_to(real_root):
+                raise MediaRefused("media URL refused: local media path is outside LOCAL_FILES_ROOT")
+            if not real.is_file():
+                raise MediaNotFound(f"{what} could not be fetched: local file {real.name[:80]} not found")
+            if real.stat().st_size > max_bytes:
+                raise PayloadTooLarge(f"{what} is {real.stat().st_size} bytes, over the {max_bytes} byte limit")
+            return real.read_bytes()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a folder: the path is unusable
+            raise MediaError(f"local media path is not usable: {type(exc).__name__}") from None
 
     def _get(self, url: str, with_token: bool, max_bytes: int, what: str = "media") -> bytes:
         """GET following redirects by hand: the token is dropped as soon as a hop leaves Label Studio's host.

@@ -96,9 +96,12 @@ def rectangle_corners(value: dict[str, Any], width: int, height: int) -> list[tu
     x, y = _number(value, "x", "rectangle") * width / 100.0, _number(value, "y", "rectangle") * height / 100.0
     w = _number(value, "width", "rectangle") * width / 100.0
     h = _number(value, "height", "rectangle") * height / 100.0
-    angle = math.radians(float(value.get("rotation") or 0.0))
+    angle = math.radians(_number({"rotation": value.get("rotation") or 0.0}, "rotation", "rectangle"))
     cos, sin = math.cos(angle), math.sin(angle)
-    return [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
+    corners = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
+    if not all(math.isfinite(c) for corner in corners for c in corner):  # 1e308 percent overflows in pixels
+        raise BadRequest("rectangle has a non-finite or empty geometry")
+    return corners
 
 
 def rectangle_box(value: dict[str, Any], width: int, height: int) -> np.ndarray:
@@ -139,6 +142,8 @@ def rasterize(item: dict[str, Any], height: int, width: int) -> np.ndarray:
             raise BadRequest("polygon needs points [[x, y], ...] in percent") from None
         if len(points) < 3:
             raise Unprocessable("polygon with fewer than 3 points")
+        if not all(math.isfinite(c) for point in points for c in point):
+            raise BadRequest("polygon has a non-finite point")
     elif kind in RECTANGLE_TYPES:
         points = rectangle_corners(value, width, height)
     elif kind in KEYPOINT_TYPES:

@@ -22,7 +22,8 @@ from PIL import Image
 
 from dam_model.segmentation import MaskPrediction
 
-from ls_io.errors import MediaRefused, MediaUndecodable, PayloadTooLarge, UpstreamError
+from backend.bodies import json_depth, parse_json_object, status_line
+from ls_io.errors import BadRequest, MediaRefused, MediaUndecodable, PayloadTooLarge, UpstreamError
 from ls_io.media import MediaFetcher, decode_image
 from ls_io.rle import encode_rle
 from ls_io.video_io import decode_video, video_bytes
@@ -142,6 +143,9 @@ class Case:
     settings: dict = field(default_factory=dict)
 
 
+RECT_FAR = {"id": "b", "from_name": "box", "to_name": "image", "type": "rectanglelabels",
+            "value": {"x": 1e308, "y": 10, "width": 10, "height": 10, "rectanglelabels": ["object"]}}
+RECT_TURNED = {**RECT_FAR, "value": {**RECT_FAR["value"], "x": 10, "rotation": "quarter"}}
 BODY_CASES = {
     "5000_deep": Case(lambda: nested(5000), 400, "nests 5001 levels deep"),
     "65_deep_inside_a_task": Case(lambda: json.dumps(predict_body([{"id": 1, "data": {"x": json.loads(
@@ -167,6 +171,15 @@ BODY_CASES = {
                                                          {"result": [{**keypoint(1, 1), "value": {"x": "left",
                                                                                                   "y": 3}}]}),
                                     400, "numeric"),
+    # found by mutating the captured payloads' leaves (each was a 500 before):
+    "rectangle_x_1e308": Case(lambda: predict_body([task()], CAPTURED_CONFIG, {"result": [RECT_FAR]}), 400,
+                              "non-finite or empty geometry"),
+    "rectangle_rotation_a_word": Case(lambda: predict_body([task()], CAPTURED_CONFIG, {"result": [RECT_TURNED]}),
+                                      400, "numeric rotation"),
+    "image_path_5000_chars": Case(lambda: predict_body([task("x" * 5000, [brush("r", square())])], CAPTURED_CONFIG),
+                                  400, "local media path is not usable"),
+    "image_path_with_nul": Case(lambda: predict_body([task("files/a\x00.png", [brush("r", square())])],
+                                                     CAPTURED_CONFIG), 400, "local media path is not usable"),
 }
 
 
@@ -396,6 +409,7 @@ VIDEO_CASES = {
     "keyframes_past_the_end": ("files/clip.mkv", [{**KEY, "frame": 500}], 600, 422, "empty on every frame"),
     "video_404": ("/data/upload/1/absent.mp4", [KEY], 12, 422, "video could not be fetched: HTTP 404"),
     "track_without_keyframes": ("files/clip.mkv", [], 12, 422, "has no sequence"),
+    "sequence_not_a_list": ("files/clip.mkv", -1, 12, 422, "has no sequence"),
 }
 
 
@@ -455,6 +469,22 @@ def test_setup_and_train_accept_what_label_studio_sends(env, tmp_path):
 def test_unknown_routes_answer_json(env, method, path, status):
     client = env.app().test_client()
     check(client, client.open(path, method=method), status, "")
+
+
+# ------------------------------------------------------------------ bodies and status lines, directly
+def test_status_line_is_one_printable_ascii_line_of_bounded_length():
+    assert status_line(422, "image could not be fetched: HTTP 404 (ls:8080)") == \
+        "422 image could not be fetched: HTTP 404 (ls:8080)"
+    line = status_line(422, "caf\u00e9 \r\n region\x00 " + "y" * 300)
+    assert line.startswith("422 caf? region y") and line.endswith("...") and len(line) == 154 and line.isprintable()
+    assert status_line(500, "") == "500 Internal Server Error" and status_line(599, "\n") == "599 Error"
+
+
+def test_json_depth_ignores_brackets_inside_strings():
+    assert json_depth(b'{"caption": "[[[{{{ \\" ]]]"}') == 1 and json_depth(b"[]") == 1 and json_depth(b"7") == 0
+    assert json_depth(b'[["\\\\"], "]", [[[]]]]') == 4
+    with pytest.raises(BadRequest, match="nests 70 levels"):
+        parse_json_object(b"[" * 70 + b"]" * 70, 64)
 
 
 # ------------------------------------------------------------------ the ls_io decoders and fetcher, directly
@@ -517,3 +547,51 @@ def test_fetcher_errors_never_carry_credentials_or_queries(make_settings, fake_l
         refusing.fetch_bytes(f"http://127.0.0.1:{port}/x.png")
     with pytest.raises(UpstreamError):
         MediaFetcher(make_settings(media_allow_private=True, media_timeout=0.5)).fetch_bytes("http://127.0.0.1:9/a")
+
+
+# ------------------------------------------------------------------ every leaf of the real shapes, mutated
+WEIRD_LEAVES = [None, -1, 1e308, "x" * 300, [], {"a": [1]}]
+TRACK = {"id": "t1", "from_name": "track", "to_name": "video", "type": "videorectangle",
+         "value": {"framesCount": 12, "sequence": [KEY]}}
+RECT_CONFIG = CAPTURED_CONFIG.replace("</View>", '<RectangleLabels name="box" toName="image" smart="true">'
+                                                 '<Label value="object"/></RectangleLabels></View>')
+SHAPES = {
+    "batch": lambda: predict_body([task(regions=[brush("r1", square()), {**RECT_FAR, "value": {
+        **RECT_FAR["value"], "x": 10, "rotation": 0}}])], RECT_CONFIG),
+    "interactive": lambda: predict_body([task()], RECT_CONFIG, {"result": [keypoint(25, 50), brush("r1", square())]}),
+    "video": lambda: predict_body([{"id": 7, "data": {"video": "files/clip.mkv"}, "annotations": [{"result": [TRACK]}]}],
+                                  VIDEO_CONFIG),
+}
+
+
+def leaf_paths(obj, path=()):
+    """Every key/index path of a JSON value (lists: their first 2 items; the RLE's numbers are not walked)."""
+    if path:
+        yield path
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key not in {"rle", "label_config"}:
+                yield from leaf_paths(value, path + (key,))
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj[:2]):
+            yield from leaf_paths(value, path + (index,))
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_no_mutated_leaf_of_a_real_payload_gives_a_500(env, shape):
+    """Each value of a real payload replaced by each odd value: an answer (any status below 500, or 503), never a
+    500, never a traceback. This is how the 1e308 rectangle, the non-list sequence and the long path were found."""
+    client = env.app().test_client()
+    failures = []
+    for path in leaf_paths(SHAPES[shape]()):
+        for weird in WEIRD_LEAVES:
+            body = SHAPES[shape]()
+            target = body
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = weird
+            reply = client.post("/predict", json=body)
+            if reply.status_code >= 500 or "Traceback" in reply.get_data(as_text=True):
+                failures.append((path, repr(weird)[:20], reply.status_code, reply.get_json()))
+    assert not failures, failures[:5]
+    assert client.get("/health").status_code == 200
