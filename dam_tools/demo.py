@@ -28,6 +28,7 @@ from dam_tools.build_tiny_model import ensure_tiny_model
 from dam_tools.local_stack import ROOT, LabelStudioCredentials, LocalStack, StackError, port_is_free
 from dam_tools.ls_api import LabelStudioAPI
 from dam_tools.provisioning import S3Target, backend_env, create_bucket, provision_project, synthetic_tasks
+from ls_io.regions import caption_text, region_type
 
 PROJECT_TITLE = "DAM demo: describe anything"
 
@@ -171,9 +172,8 @@ def count_captioned(api: LabelStudioAPI, task_ids: list[int]) -> int:
     count = 0
     for task_id in task_ids:
         for prediction in api.predictions(task_id):
-            texts = [t for r in prediction.get("result", []) if r.get("type") == "textarea"
-                     for t in r.get("value", {}).get("text", []) if str(t).strip()]
-            if texts:
+            if any(region_type(r) == "textarea" and caption_text(r.get("value") or {})
+                   for r in prediction.get("result", [])):
                 count += 1
                 break
     return count

@@ -46,12 +46,13 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from backend.rle import encode_rle
 from dam_model.fileio import atomic_write_bytes
 from dam_model.synthetic import Scene, generate_dataset, generate_video
 from dam_tools.export_common import (FORMATS, assemble_export, import_tasks, model_captions, reference_captions,
                                      storage_objects, stored_annotation, stored_prediction, stored_task)
-from dam_tools.export_video import build_video_export, video_file_name, write_video
+from dam_tools.export_video import VIDEO_FRAME_RATE, build_video_export, video_file_name
+from ls_io.results import brush_value, region_item
+from ls_io.video_io import video_bytes
 
 KINDS = ("image", "video")
 
@@ -73,12 +74,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _encode_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio brush RLE of a bool HxW mask, foreground 255 (the project's codec, byte-identical to the SDK's)."""
-    levels = np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)
-    return [int(v) for v in encode_rle(levels)]
-
-
 def scene_to_result(scene: Scene, captions: Sequence[str], *, brush_from_name: str = "mask",
                     caption_from_name: str = "caption", to_name: str = "image", label: str = "object",
                     origin: str = "manual", textarea_with_rle: bool = True) -> list[dict[str, Any]]:
@@ -90,16 +85,15 @@ def scene_to_result(scene: Scene, captions: Sequence[str], *, brush_from_name: s
     if len(captions) != len(scene.objects):
         raise ValueError(f"{len(captions)} captions for {len(scene.objects)} objects")
     result = []
+    size = (scene.width, scene.height)
     for region_id, obj, caption in zip(region_ids(scene), scene.objects, captions):
-        common = {"id": region_id, "to_name": to_name, "original_width": scene.width,
-                  "original_height": scene.height, "image_rotation": 0, "origin": origin}
-        rle = _encode_rle(obj.mask)
-        result.append({**common, "from_name": brush_from_name, "type": "brushlabels",
-                       "value": {"format": "rle", "rle": rle, "brushlabels": [label]}})
+        brush = brush_value(obj.mask, [label])
         text_value: dict[str, Any] = {"text": [caption]}
         if textarea_with_rle:
-            text_value = {"format": "rle", "rle": rle, **text_value}
-        result.append({**common, "from_name": caption_from_name, "type": "textarea", "value": text_value})
+            text_value = {"format": brush["format"], "rle": brush["rle"], **text_value}
+        result.append(region_item(region_id, brush_from_name, to_name, "brushlabels", brush, size=size, origin=origin))
+        result.append(region_item(region_id, caption_from_name, to_name, "textarea", text_value, size=size,
+                                  origin=origin))
     return result
 
 
@@ -213,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "first_task_id": args.first_task_id, "with_attributes": not args.no_attributes}
     if args.kind == "video":
         for video in items:
-            write_video(out / "videos" / video_file_name(video), video.frames)
+            atomic_write_bytes(out / "videos" / video_file_name(video), video_bytes(video.frames, VIDEO_FRAME_RATE))
         options["video_url_prefix"] = args.video_url_prefix
         tasks, annotations, predictions = build_video_export(items, **options)
     else:

@@ -1,8 +1,8 @@
 """Synthetic videos as Label Studio video tasks (label_config/video.xml; ``dam_model.synthetic.generate_video``).
 
-Each video is written to ``videos/<video id>.mkv``, lossless (FFV1 in Matroska, see ``video_bytes``: decoding gives
-the generator's frames back exactly, and the same frames give the same bytes), and its task has ``data.video`` =
-PREFIX + file name (default "videos/"). Each object becomes one region: a ``videorectangle`` result (from_name
+Each video is written to ``videos/<video id>.mkv``, lossless (FFV1 in Matroska, see ``ls_io.video_io.video_bytes``:
+decoding gives the generator's frames back exactly, and the same frames give the same bytes), and its task has
+``data.video`` = PREFIX + file name (default "videos/"). Each object becomes one region: a ``videorectangle`` result (from_name
 "track", to_name "video", label "object") whose ``value`` = {framesCount, duration, sequence, labels} holds one
 enabled keyframe per frame: the bounding box of the object's visible pixels on that frame in percent of the frame
 (x, y, width, height, rotation 0), ``frame`` 1-based, ``time`` = (frame - 1) / 25 s (the config's framerate); then a
@@ -12,52 +12,25 @@ diameter_px). ``meta.synthetic`` = {seed, index, scene_id, num_frames}.
 """
 from __future__ import annotations
 
-import io
 import json
 import uuid
-from pathlib import Path
 from typing import Any, Sequence
 
-import av
 import numpy as np
 
-from dam_model.fileio import atomic_write_bytes
 from dam_model.synthetic import VideoScene
 from dam_tools.export_common import (FORMATS, assemble_export, model_captions, reference_captions, storage_objects,
                                      stored_annotation, stored_prediction, stored_task)
+from ls_io.regions import percent_box
+from ls_io.results import region_item, video_keyframe, video_track_value
+from ls_io.video_io import LOSSLESS_FRAME_RATE
 
-VIDEO_FRAME_RATE = 25  # label_config/video.xml's framerate: keyframe times are (frame - 1) / rate
+# label_config/video.xml's framerate: keyframe times are (frame - 1) / rate; the files are written at the same rate
+VIDEO_FRAME_RATE = LOSSLESS_FRAME_RATE
 
 
 def video_file_name(video: VideoScene) -> str:
     return f"{video.scene_id}.mkv"
-
-
-def video_bytes(frames: np.ndarray, rate: int = VIDEO_FRAME_RATE) -> bytes:
-    """A lossless video file (FFV1, bgr0, in Matroska) of uint8 TxHxWx3 RGB frames.
-
-    Decoding it (the loop's build step, backend.video: PyAV, ``to_ndarray(format="rgb24")``) gives back exactly these frames,
-    one decoded frame per input frame. Muxed bit-exact, so the same frames give the same bytes (no random segment
-    id, no encoder version string).
-    """
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or len(frames) == 0:
-        raise ValueError(f"frames must be uint8 TxHxWx3 with T >= 1, got {frames.dtype} {frames.shape}")
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="matroska", options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream("ffv1", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = int(frames.shape[2]), int(frames.shape[1]), "bgr0"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buffer.getvalue()
-
-
-def write_video(path: str | Path, frames: np.ndarray, rate: int = VIDEO_FRAME_RATE) -> None:
-    """Write video_bytes(frames) to ``path`` (atomically; parent folders are created)."""
-    atomic_write_bytes(Path(path), video_bytes(frames, rate))
 
 
 def video_region_ids(video: VideoScene) -> list[str]:
@@ -66,23 +39,10 @@ def video_region_ids(video: VideoScene) -> list[str]:
     return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in video.objects]
 
 
-def percent_box(mask: np.ndarray) -> dict[str, float]:
-    """The bounding box of a bool HxW mask as Label Studio percent values {x, y, width, height} of the frame; a pixel
-    is a unit square, so pixels x0..x1 span x0 to x1 + 1."""
-    ys, xs = np.nonzero(np.asarray(mask))
-    if len(xs) == 0:
-        raise ValueError("an empty mask has no box")
-    height, width = np.asarray(mask).shape
-    return {"x": 100.0 * int(xs.min()) / width, "y": 100.0 * int(ys.min()) / height,
-            "width": 100.0 * (int(xs.max()) + 1 - int(xs.min())) / width,
-            "height": 100.0 * (int(ys.max()) + 1 - int(ys.min())) / height}
-
-
 def video_keyframes(masks: np.ndarray, rate: int = VIDEO_FRAME_RATE) -> list[dict[str, Any]]:
     """A videorectangle ``value.sequence``: one enabled keyframe per frame with the box of that frame's mask
     (``frame`` 1-based, ``time`` in seconds)."""
-    return [{"frame": t + 1, "enabled": True, "rotation": 0, **percent_box(mask), "time": round(t / rate, 6)}
-            for t, mask in enumerate(masks)]
+    return [video_keyframe(t + 1, percent_box(mask), rate) for t, mask in enumerate(masks)]
 
 
 def video_to_result(video: VideoScene, captions: Sequence[str], *, track_from_name: str = "track",
@@ -95,11 +55,10 @@ def video_to_result(video: VideoScene, captions: Sequence[str], *, track_from_na
     n_frames = int(len(video.frames))
     result = []
     for region_id, obj, caption in zip(video_region_ids(video), video.objects, captions):
-        common = {"id": region_id, "to_name": to_name, "origin": origin}
-        result.append({**common, "from_name": track_from_name, "type": "videorectangle",
-                       "value": {"framesCount": n_frames, "duration": n_frames / rate,
-                                 "sequence": video_keyframes(obj.masks, rate), "labels": [label]}})
-        result.append({**common, "from_name": caption_from_name, "type": "textarea", "value": {"text": [caption]}})
+        track = video_track_value(video_keyframes(obj.masks, rate), n_frames, [label], rate)
+        result.append(region_item(region_id, track_from_name, to_name, "videorectangle", track, origin=origin))
+        result.append(region_item(region_id, caption_from_name, to_name, "textarea", {"text": [caption]},
+                                  origin=origin))
     return result
 
 
@@ -152,7 +111,7 @@ def build_video_export(videos: Sequence[VideoScene], *, video_url_prefix: str = 
 def export_video_objects(videos: Sequence[VideoScene], fmt: str = "annotation", *, prefix: str = "export",
                          **export_kwargs: Any) -> dict[str, bytes]:
     """S3 objects {key: JSON bytes} of video tasks, in either format (see export_objects); other keyword arguments
-    go to build_video_export. The video files are written separately (write_video, video_file_name)."""
+    go to build_video_export. The video files are written separately (ls_io.video_io.video_bytes, video_file_name)."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     return storage_objects(*build_video_export(videos, **export_kwargs), fmt=fmt, prefix=prefix)

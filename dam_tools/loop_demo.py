@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import torch
 
 from dam_loop.steps.promote import promote
@@ -36,6 +35,7 @@ from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_dataset
 from dam_tools.build_tiny_model import ensure_tiny_model
 from dam_tools.export_synthetic import export_objects, image_file_name, png_bytes
+from ls_io.s3 import make_s3_client
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the nightly runs as `-m dam_loop.steps.nightly` from here
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                AWS_DEFAULT_REGION="us-east-1", LOOP_WORK_ROOT=str(loop_work), MODELS_ROOT=str(models),
                LOCAL_FILES_ROOT=str(media), MEDIA_CACHE_DIR="", PYTHONUNBUFFERED="1")
     try:
-        admin = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                             aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        admin = make_s3_client(endpoint, region="us-east-1", access_key=env["AWS_ACCESS_KEY_ID"],
+                               secret_key=env["AWS_SECRET_ACCESS_KEY"])
         if moto is not None:
             admin.create_bucket(Bucket=args.bucket)
         for key, body in objects.items():

@@ -3,27 +3,23 @@ S3 target the annotations go to, and a Label Studio project provisioned with all
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import boto3
-
-from backend.label_config import parse_label_config
-from backend.rle import encode_rle
 from dam_model.fileio import atomic_write_bytes
 from dam_model.synthetic import generate_scene
 from dam_tools.export_synthetic import png_bytes
 from dam_tools.local_stack import ROOT
 from dam_tools.ls_api import LabelStudioAPI
+from ls_io.label_config import parse_label_config
+from ls_io.results import brush_value, new_region_id, region_item
+from ls_io.s3 import make_s3_client
 
 
 def create_bucket(endpoint: str, bucket: str, access_key: str, secret_key: str, region: str = "us-east-1") -> None:
     """Create ``bucket`` on an S3-compatible endpoint unless it exists."""
-    s3 = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
-    )
+    s3 = make_s3_client(endpoint, region=region, access_key=access_key, secret_key=secret_key)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
@@ -62,8 +58,8 @@ def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 
                     size: tuple[int, int] = (96, 72)) -> list[SyntheticTask]:
     """``n_tasks`` seeded synthetic scenes as PNG files under ``out_dir`` plus one brush region per visible object.
 
-    Control names come from ``label_config`` (parsed by backend.label_config). Region ids are full uuid4s;
-    masks are RLE with foreground 255 (backend.rle). ``size`` is (width, height) in pixels.
+    Control names come from ``label_config`` (parsed by ls_io.label_config). Region ids are full uuid4s;
+    masks are RLE with foreground 255 (ls_io.results.brush_value). ``size`` is (width, height) in pixels.
     """
     if n_tasks < 1:
         raise ValueError("n_tasks must be >= 1")
@@ -84,12 +80,8 @@ def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 
                 continue
             shape = str(obj.attributes.get("shape", ""))
             label = shape if shape in cfg.brush.labels else (cfg.brush.labels[0] if cfg.brush.labels else "object")
-            regions.append({
-                "id": str(uuid.uuid4()), "from_name": cfg.brush.name, "to_name": cfg.brush.to_name,
-                "type": "brushlabels", "original_width": scene.width, "original_height": scene.height,
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": encode_rle(obj.mask), "brushlabels": [label]},
-            })
+            regions.append(region_item(new_region_id(), cfg.brush.name, cfg.brush.to_name, "brushlabels",
+                                       brush_value(obj.mask, [label]), size=(scene.width, scene.height)))
             captions.append(obj.long_caption)
         tasks.append(SyntheticTask(image_path=path, regions=regions, reference_captions=captions))
     return tasks

@@ -8,7 +8,7 @@ rotation, and documents value.x/y as "the top left corner before rotation". The 
 
 Argument order of sizes: functions that return pixel coordinates take (width, height), like (x, y):
 rectangle_corners, rectangle_box, keypoint_pixel; functions about masks take (height, width), like an array's
-shape: rasterize (and ls_io.tracks' box_visible, track_masks).
+shape: rasterize (and ls_io.tracks' box_visible, track_masks); percent_box reads the size from the mask.
 
 Region types (GEOMETRY_TYPES, one set for the server and the loop):
 - brush, polygon, rectangle (MASK_TYPES): `rasterize` turns them into a mask;
@@ -113,6 +113,19 @@ def rectangle_box(value: dict[str, Any], width: int, height: int) -> np.ndarray:
     xs, ys = [c[0] for c in corners], [c[1] for c in corners]
     return np.array([max(0.0, min(xs)), max(0.0, min(ys)), min(width - 1.0, max(xs)), min(height - 1.0, max(ys))],
                     dtype=np.float32)
+
+
+def percent_box(mask: np.ndarray) -> dict[str, float]:
+    """The bounding box of a non-empty HxW mask as a percent rectangle {x, y, width, height} (the inverse of
+    rectangle_box for an axis-aligned box). A pixel is a unit square, so pixels x0..x1 span x0 to x1 + 1."""
+    mask = np.asarray(mask)
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("an empty mask has no box")
+    height, width = mask.shape
+    return {"x": 100.0 * int(xs.min()) / width, "y": 100.0 * int(ys.min()) / height,
+            "width": 100.0 * (int(xs.max()) + 1 - int(xs.min())) / width,
+            "height": 100.0 * (int(ys.max()) + 1 - int(ys.min())) / height}
 
 
 def keypoint_pixel(value: dict[str, Any], width: int, height: int) -> tuple[float, float]:

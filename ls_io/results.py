@@ -1,4 +1,5 @@
 """Build Label Studio result items: brushlabels (RLE) first, then the per-region textarea with the SAME id.
+Values: brush_value (an RLE mask), video_track_value / video_keyframe (a videorectangle track).
 
 `region_item` is the one shape of an item (predictions here; annotations and imported regions elsewhere: pass
 origin="manual" or None); `brush_result`/`textarea_result` are the backend's predicted items.
@@ -58,6 +59,19 @@ def region_item(region_id: str, from_name: str, to_name: str, kind: str, value: 
 def brush_value(mask: np.ndarray, labels: Iterable[str], label_key: str = "brushlabels") -> dict[str, Any]:
     """A brush value: the H x W mask as RLE with foreground 255 (non-zero pixels), and its labels."""
     return {"format": "rle", "rle": encode_rle(np.asarray(mask) > 0), label_key: list(labels)}
+
+
+def video_keyframe(frame: int, box: dict[str, float], rate: float, *, enabled: bool = True) -> dict[str, Any]:
+    """One keyframe of a videorectangle `value.sequence`: LS frame `frame` (1-based) at time (frame - 1) / rate
+    seconds, a percent box {x, y, width, height} (rotation 0 unless the box has one). ls_io.tracks reads it back."""
+    return {"frame": int(frame), "enabled": bool(enabled), "rotation": 0, **box, "time": round((frame - 1) / rate, 6)}
+
+
+def video_track_value(sequence: list[dict[str, Any]], frames_count: int, labels: Iterable[str],
+                      rate: float) -> dict[str, Any]:
+    """A videorectangle value: the editor's timeline length (framesCount) and duration, keyframes, labels."""
+    return {"framesCount": int(frames_count), "duration": frames_count / rate, "sequence": sequence,
+            "labels": list(labels)}
 
 
 def brush_result(cfg: ParsedConfig, region_id: str, mask: np.ndarray, labels: Iterable[str], version: str,

@@ -20,7 +20,6 @@ from PIL import Image
 
 from backend.app import create_app
 from backend.model_store import default_loader
-from backend.rle import encode_rle
 from backend.settings import Settings
 from dam_model.config import DAMConfig
 from dam_model.generation import Caption
@@ -28,6 +27,7 @@ from dam_model.modeling import DescribeAnythingModel
 from dam_model.prompt import build_prompt
 from dam_model.synthetic import generate_dataset, iter_region_samples
 from dam_model.tokenizer import load_tokenizer, train_tokenizer
+from ls_io.results import brush_value, region_item
 
 
 def _tiny_dam(folder: Path) -> Path:
@@ -47,9 +47,8 @@ def _regions(height: int, width: int, n: int = 8) -> list[dict]:
         r, c = divmod(i, 4)
         mask[r * height // 2 + height // 8 : (r + 1) * height // 2 - height // 8,
              c * width // 4 + width // 16 : (c + 1) * width // 4 - width // 16] = True
-        out.append({"id": f"r{i}", "type": "brushlabels", "from_name": "mask", "to_name": "image",
-                    "original_width": width, "original_height": height, "image_rotation": 0,
-                    "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": ["object"]}})
+        out.append(region_item(f"r{i}", "mask", "image", "brushlabels", brush_value(mask, ["object"]),
+                               size=(width, height)))
     return out
 
 

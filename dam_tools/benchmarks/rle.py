@@ -1,4 +1,4 @@
-"""Brush RLE round trip (mask -> Label Studio RLE list -> mask): backend.rle vs the reference codecs.
+"""Brush RLE round trip (mask -> Label Studio RLE list -> mask): ls_io.rle vs the reference codecs.
 
 Peers: label_studio_sdk.converter.brush (mask2rle / decode_rle, pure Python) and, when installed, the Rust
 package label-studio-brush-rle-rs (encode_rle on the RGBA-expanded array, decode_rle to RGBA). Masks: blobs at
@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from label_studio_sdk.converter import brush
 
-from backend.rle import decode_rle, encode_rle
+from ls_io.rle import decode_rle, encode_rle
 
 
 def blob_mask(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +41,7 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 def codecs() -> dict[str, tuple[Callable, Callable]]:
     out = {
-        "backend.rle": (encode_rle, lambda rle, h, w: decode_rle(rle, h, w)),
+        "ls_io.rle": (encode_rle, lambda rle, h, w: decode_rle(rle, h, w)),
         "label_studio_sdk": (brush.mask2rle, lambda rle, h, w: brush.decode_rle(rle).reshape(h, w, 4)[:, :, 3]),
     }
     try:
@@ -73,7 +73,7 @@ def run(args) -> float:
             d = _median_ms(lambda: dec(rle, height, width), n)
             timings[name] = (e, d)
             print(f"{width}x{height} {name:26s} encode {e:8.2f} ms  decode {d:8.2f} ms  round trip {e + d:8.2f} ms")
-        ours_encode, ours_decode = timings.pop("backend.rle")
+        ours_encode, ours_decode = timings.pop("ls_io.rle")
         ours = ours_encode + ours_decode
         best_name, best = min(((k, sum(v)) for k, v in timings.items()), key=lambda kv: kv[1])
         rs = timings.get("label-studio-brush-rle-rs")

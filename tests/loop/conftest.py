@@ -16,9 +16,11 @@ from typing import Any, Callable
 import boto3
 import pytest
 
+from dam_model.fileio import atomic_write_bytes
 from dam_model.synthetic import generate_dataset, generate_video
 from dam_tools.export_synthetic import export_objects, image_file_name, png_bytes
-from dam_tools.export_video import export_video_objects, video_file_name, write_video
+from dam_tools.export_video import export_video_objects, video_file_name
+from ls_io.video_io import video_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY_ID = "loop-test-key-id"
@@ -90,7 +92,7 @@ def synthetic_video_export(
     media_root/videos/ and referenced as "videos/<video id>.mkv"."""
     videos = [generate_video(seed, index, num_frames=num_frames) for index in range(n_videos)]
     for video in videos:
-        write_video(media_root / "videos" / video_file_name(video), video.frames)
+        atomic_write_bytes(media_root / "videos" / video_file_name(video), video_bytes(video.frames))
     return export_video_objects(videos, fmt, prefix=prefix, **kwargs)
 
 

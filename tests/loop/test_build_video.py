@@ -14,10 +14,11 @@ from dam_loop.dataset import load_samples, load_video_samples, read_video_sample
 from dam_loop.steps.build import build_dataset
 from dam_loop.steps.build_regions import keyframe_boxes
 from dam_loop.steps.pull import S3Source, make_s3_client, pull
-from dam_model.fileio import read_json, read_jsonl
+from dam_model.fileio import atomic_write_bytes, read_json, read_jsonl
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
-from dam_tools.export_video import write_video  # lossless FFV1: decoded frames equal the generator's pixels
+from ls_io.regions import percent_box
+from ls_io.video_io import video_bytes  # lossless FFV1: decoded frames equal the generator's pixels
 
 from .conftest import put_objects
 
@@ -25,14 +26,6 @@ N_FRAMES = 16
 WIDTH, HEIGHT = 96, 64
 TRACK_A = "2f0c6a43-8d5e-4b7a-9a51-0d6a1f3e7b21"
 TRACK_B = "9b1d2c77-41e0-4f3b-8c2a-5e7f6d4c3b10"
-
-
-def percent_box(mask: np.ndarray) -> dict[str, float]:
-    """The mask's bounding box as Label Studio percent values."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return {"x": 100 * xs.min() / w, "y": 100 * ys.min() / h, "width": 100 * (xs.max() + 1 - xs.min()) / w,
-            "height": 100 * (ys.max() + 1 - ys.min()) / h}
 
 
 def keyframe(frame: int, box: dict[str, float], enabled: bool = True) -> dict:
@@ -90,7 +83,7 @@ def clip(media_root):
     """A 16-frame synthetic video with two moving objects, written losslessly under LOCAL_FILES_ROOT."""
     video = generate_video(5, 0, num_frames=N_FRAMES, size=(WIDTH, HEIGHT), num_objects=2)
     assert len(video.objects) == 2
-    write_video(media_root / "videos" / "clip.mkv", video.frames)
+    atomic_write_bytes(media_root / "videos" / "clip.mkv", video_bytes(video.frames))
     return video
 
 

@@ -15,7 +15,8 @@ from dam_model.fileio import read_json
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
-from dam_tools.export_video import percent_box, video_file_name, video_region_ids
+from dam_tools.export_video import video_file_name, video_region_ids
+from ls_io.regions import percent_box
 
 from .conftest import TEST_SECRET, bucket_bytes, put_objects
 from .test_build_video import pull_and_build

@@ -18,12 +18,13 @@ from dam_loop.dataset import load_samples, load_video_samples, split_for
 from dam_loop.steps import train as train_step
 from dam_loop.steps.evaluate import evaluate
 from dam_loop.steps.train import default_out_dir
-from dam_model.fileio import read_json
+from dam_model.fileio import atomic_write_bytes, read_json
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_video
+from ls_io.video_io import video_bytes
 
 from .conftest import REPO, put_objects
-from .test_build_video import N_FRAMES, WIDTH, HEIGHT, keyframe, percent_box, pull_and_build, video_annotation, write_video
+from .test_build_video import N_FRAMES, WIDTH, HEIGHT, keyframe, percent_box, pull_and_build, video_annotation
 
 TRACK = "5c0d8f5e-4a9b-4c3e-9f1d-7b2a6e8c4d10"
 
@@ -41,7 +42,7 @@ def mixed_dataset(tmp_path, admin_s3, bucket, export_factory, media_root):
     objects = export_factory(5, 4, prefix="ls")
     for n, task_id in enumerate(_task_ids()):
         clip = generate_video(6, n, num_frames=N_FRAMES, size=(WIDTH, HEIGHT), num_objects=1)
-        write_video(media_root / "videos" / f"clip{n}.mkv", clip.frames)
+        atomic_write_bytes(media_root / "videos" / f"clip{n}.mkv", video_bytes(clip.frames))
         obj = clip.objects[0]
         keys = [keyframe(1, percent_box(obj.masks[0])), keyframe(N_FRAMES, percent_box(obj.masks[-1]))]
         annotation = video_annotation(7000 + n, task_id, [(TRACK, keys, obj.long_caption)], {TRACK: obj.attributes},

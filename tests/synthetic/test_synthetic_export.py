@@ -6,10 +6,13 @@ import uuid
 
 import numpy as np
 import pytest
-from label_studio_sdk.converter.brush import decode_rle
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
+from dam_model.fileio import atomic_write_bytes
 from dam_tools import export_synthetic as ex
 from dam_tools import export_video as exv
+from ls_io.rle import encode_rle
+from ls_io.video_io import video_bytes
 
 
 def _decode(rle, height, width):
@@ -96,21 +99,28 @@ def test_export_is_deterministic_and_rejects_unknown_formats(small_scenes):
         ex.export_objects(small_scenes[:1], "csv")
 
 
+def _exported_rle(scene, k):
+    """The RLE the export writes for object k of a scene (its brushlabels item)."""
+    return ex.scene_to_result(scene, ex.model_captions(scene))[2 * k]["value"]["rle"]
+
+
 def test_rle_matches_the_sdk_reference_codec(small_scenes):
-    from label_studio_sdk.converter.brush import mask2rle
-
     mask = small_scenes[0].objects[0].mask
-    assert ex._encode_rle(mask) == [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+    assert _exported_rle(small_scenes[0], 0) == [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
 
 
-def test_rle_falls_back_to_the_sdk_without_backend_rle(small_scenes, monkeypatch):
-    """The exporter's ImportError fallback is gone (issue 14: no guards around in-repo modules): the codec is bound
-    when the module loads, so hiding backend.rle afterwards changes nothing and the round trip still holds."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "backend.rle", None)  # makes `from backend.rle import ...` raise ImportError
-    mask = small_scenes[1].objects[0].mask
-    np.testing.assert_array_equal(_decode(ex._encode_rle(mask), *mask.shape) == 255, mask)
+def test_export_rle_is_ls_io_rle_equal_to_the_sdk_codec_on_every_mask(small_scenes):
+    """The export has no codec of its own (issue 14: the format lives in ls_io): every exported brush is ls_io.rle's
+    encoding of the object's mask, byte-identical to label_studio_sdk's mask2rle, and decodes back to the mask."""
+    checked = 0
+    for scene in small_scenes[:4]:
+        for k, obj in enumerate(scene.objects):
+            reference = [int(v) for v in mask2rle(np.where(obj.mask, 255, 0).astype(np.uint8))]
+            assert encode_rle(obj.mask) == reference
+            assert _exported_rle(scene, k) == reference
+            np.testing.assert_array_equal(_decode(_exported_rle(scene, k), *obj.mask.shape) == 255, obj.mask)
+            checked += 1
+    assert checked > 4
 
 
 def test_command_line_writes_images_tasks_and_both_formats(tmp_path):
@@ -192,15 +202,15 @@ def test_video_file_is_lossless_and_deterministic(tmp_path):
     from dam_model.synthetic import generate_video
 
     video = generate_video(9, 1, num_frames=5)
-    data = exv.video_bytes(video.frames)
-    assert data == exv.video_bytes(video.frames)  # bit-exact muxing
-    exv.write_video(tmp_path / "sub" / "clip.mkv", video.frames)
+    data = video_bytes(video.frames, exv.VIDEO_FRAME_RATE)
+    assert data == video_bytes(video.frames, exv.VIDEO_FRAME_RATE)  # bit-exact muxing
+    atomic_write_bytes(tmp_path / "sub" / "clip.mkv", video_bytes(video.frames))  # how the export writes it
     assert (tmp_path / "sub" / "clip.mkv").read_bytes() == data
     with av.open(str(tmp_path / "sub" / "clip.mkv")) as container:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(decoded) == 5 and all(np.array_equal(a, b) for a, b in zip(decoded, video.frames))
     with pytest.raises(ValueError):
-        exv.video_bytes(video.frames.astype(np.float32))
+        video_bytes(video.frames.astype(np.float32))
 
 
 def test_command_line_writes_videos_tasks_and_both_formats(tmp_path):
