@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ls_io.s3 import RedactSecrets
+
 EXIT_OK = 0  # the step did its job
 EXIT_PROMOTED = EXIT_OK  # for nightly: a new version was promoted
 EXIT_FAILURE = 1  # an unexpected error; details in the run log
@@ -19,9 +21,6 @@ EXIT_LOCKED = 3  # another nightly run holds the lock
 EXIT_NOTHING_NEW = 10  # the bucket holds nothing that was not already processed
 EXIT_NOT_BETTER = 11  # a candidate was trained but did not beat the champion by the margin
 EXIT_NO_SAMPLES = 12  # the snapshot yields no usable training or validation samples
-
-# Environment variables whose values must never reach a log line.
-SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "LABEL_STUDIO_API_KEY")
 
 log = logging.getLogger("dam_loop")
 
@@ -146,28 +145,9 @@ def add_log_level_arg(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- logging
-class RedactSecrets(logging.Filter):
-    """Replace the values of secret environment variables by '***' in every record (defence in depth)."""
-
-    def __init__(self, extra_secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        values = [os.environ.get(name, "") for name in SECRET_ENV_VARS] + list(extra_secrets)
-        # Very short values would mangle ordinary words; real keys are long.
-        self.secrets = sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            redacted = message
-            for value in self.secrets:
-                redacted = redacted.replace(value, "***")
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
-
-
 def setup_logging(level: str = "INFO", log_file: Path | None = None, extra_secrets: Iterable[str] = ()) -> None:
-    """Log to stderr (and to ``log_file`` when given) with secrets redacted. Safe to call again: replaces handlers."""
+    """Log to stderr (and to ``log_file`` when given) with secrets redacted (ls_io.s3.RedactSecrets: the values of
+    its SECRET_ENV_VARS and ``extra_secrets``). Safe to call again: replaces handlers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_loop_handler", False):

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int
 
     t = step("pull")
     source = pull.source_from_args(args)
-    pulled = pull.pull(pull.make_s3_client(source), source, work_root)
+    pulled = pull.pull(pull.source_client(source), source, work_root)
     summary["steps"]["pull"] = pulled.summary()
     timings["pull"] = round(time.time() - t, 2)
     state_path = work_root / "state.json"

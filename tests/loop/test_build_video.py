@@ -13,7 +13,7 @@ import pytest
 from dam_loop.dataset import load_samples, load_video_samples, read_video_sample, split_for
 from dam_loop.steps.build import build_dataset
 from dam_loop.steps.build_regions import keyframe_boxes
-from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, pull, source_client
 from dam_model.fileio import read_json, read_jsonl
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
@@ -60,7 +60,7 @@ def video_annotation(annotation_id: int, task_id: int, tracks: list[tuple[str, l
 
 def pull_and_build(work, admin_s3, bucket, **kwargs):
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
-    result = pull(make_s3_client(source), source, work)
+    result = pull(source_client(source), source, work)
     return build_dataset(work, result.snapshot_id, **kwargs)
 
 
