@@ -110,14 +110,6 @@ def fraction(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
-
-
 def step_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A step's parser: its module docstring as the help text, kept as written."""
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
