@@ -137,6 +137,19 @@ def add_log_level_arg(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- logging
+# boto's wire logs could echo signed headers: the loop's handlers let these libraries through at WARNING and above
+# only. A handler filter rather than the loggers' levels, so other handlers in the process (a test's capture, a
+# server's log) still get what they ask for.
+QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
+class QuietLibraries(logging.Filter):
+    """Drops records below WARNING from the QUIET_LIBRARIES loggers (and their children)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] not in QUIET_LIBRARIES
+
+
 def setup_logging(level: str = "INFO", log_file: Path | None = None, extra_secrets: Iterable[str] = ()) -> None:
     """Log to stderr (and to ``log_file`` when given) with secrets redacted (ls_io.s3.RedactSecrets: the values of
     its SECRET_ENV_VARS and ``extra_secrets``). Safe to call again: replaces handlers."""
@@ -146,17 +159,15 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None, extra_secre
             root.removeHandler(handler)
             handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redact = RedactSecrets(extra_secrets)
+    filters = [QuietLibraries(), RedactSecrets(extra_secrets)]
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(fmt)
-        handler.addFilter(redact)
+        for record_filter in filters:
+            handler.addFilter(record_filter)
         handler._loop_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # boto's wire logs could echo signed headers: keep them quiet.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
