@@ -15,14 +15,15 @@ Video tracks (Label Studio ``videorectangle``: keyframes in ``value.sequence``, 
 frame is Label Studio's own, read by ls_io.tracks as the backend reads it (the editor's rule: a keyframe shows its
 own box on its frame; from an enabled keyframe the box is interpolated linearly to the next one, rotation the short
 way round, or held to the end of the timeline after the last one; after a disabled keyframe, or one without
-``enabled``, nothing until the next keyframe; nothing before the first); ``video_frames`` (default 8, env VIDEO_FRAMES) frames are picked among the frames where
-the box is visible with ``dam_model.segmentation.sample_frames``, the rule the backend uses before DAM's
-``describe_video``; each picked frame is written with the box rasterised as its mask. LS frame f is the f-th
-decoded frame (f - 1 here). A row: kind="video", id, video (the task's URL), frames and masks (one path per picked
-frame, repeated when fewer frames are visible than picked), frame_indices (0-based), boxes (the interpolated
-{x, y, width, height, rotation} in percent, per picked frame), num_frames, width, height, caption, category,
-labels, split, task_id, annotation_id, region_id, updated_at, source="human", key, video_sha256 (of the file),
-attributes (when present). Tracks without a caption are counted (``video_empty_caption``), not written.
+``enabled``, nothing until the next keyframe; nothing before the first); ``video_frames`` (default 8, env
+VIDEO_FRAMES) frames are picked among the frames where the box is visible with
+``dam_model.segmentation.sample_frames``, the rule the backend uses before DAM's ``describe_video``; each picked
+frame is written with the box rasterised as its mask. LS frame f is the f-th decoded frame (f - 1 here). A row:
+kind="video", id, video (the task's URL), frames and masks (one path per picked frame, repeated when fewer frames
+are visible than picked), frame_indices (0-based), boxes (the interpolated {x, y, width, height, rotation} in
+percent, per picked frame), num_frames, width, height, caption, category, labels, split, task_id, annotation_id,
+region_id, updated_at, source="human", key, video_sha256 (of the file), attributes (when present). Tracks without
+a caption are counted (``video_empty_caption``), not written.
 
 Keypoints are prompts, not areas: keypoint items are left out of the regions (a region's mask is its brush,
 polygon or rectangle item).

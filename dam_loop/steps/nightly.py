@@ -8,7 +8,7 @@ Run (docker-compose schedules exactly this)::
 Environment (every option also has a flag; see --help):
     S3_ENDPOINT_URL, S3_BUCKET, S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the Label Studio export
     LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
-    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      image fetching (backend/media.py)
+    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      media fetching (ls_io.media)
     INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
     TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
 
