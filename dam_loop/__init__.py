@@ -13,5 +13,5 @@ Layout of the loop's working folder (``--work-root`` / ``LOOP_WORK_ROOT``, defau
 Modules: ``cli`` (exit codes, errors, the one ``run_main``, logging, shared flags), ``dataset`` (the dataset folder
 format, writer and reader), ``models_root`` (promoted versions and the serving pointer), ``lock``, ``provenance``
 (time stamps, run ids, git commit) and ``steps/`` (one module per step; ``steps.nightly`` runs them in order).
-The loop imports dam_model (and the Label Studio format code); never dam_tools.
+The loop imports dam_model and ls_io (the Label Studio format, once); never backend or dam_tools.
 """

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ls_io.s3 import RedactSecrets
+
 EXIT_OK = 0  # the step did its job
 EXIT_PROMOTED = EXIT_OK  # for nightly: a new version was promoted
 EXIT_FAILURE = 1  # an unexpected error; details in the run log
@@ -19,9 +21,6 @@ EXIT_LOCKED = 3  # another nightly run holds the lock
 EXIT_NOTHING_NEW = 10  # the bucket holds nothing that was not already processed
 EXIT_NOT_BETTER = 11  # a candidate was trained but did not beat the champion by the margin
 EXIT_NO_SAMPLES = 12  # the snapshot yields no usable training or validation samples
-
-# Environment variables whose values must never reach a log line.
-SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "LABEL_STUDIO_API_KEY")
 
 log = logging.getLogger("dam_loop")
 
@@ -111,14 +110,6 @@ def fraction(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
-
-
 def step_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A step's parser: its module docstring as the help text, kept as written."""
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,45 +137,37 @@ def add_log_level_arg(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- logging
-class RedactSecrets(logging.Filter):
-    """Replace the values of secret environment variables by '***' in every record (defence in depth)."""
+# boto's wire logs could echo signed headers: the loop's handlers let these libraries through at WARNING and above
+# only. A handler filter rather than the loggers' levels, so other handlers in the process (a test's capture, a
+# server's log) still get what they ask for.
+QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
 
-    def __init__(self, extra_secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        values = [os.environ.get(name, "") for name in SECRET_ENV_VARS] + list(extra_secrets)
-        # Very short values would mangle ordinary words; real keys are long.
-        self.secrets = sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True)
+
+class QuietLibraries(logging.Filter):
+    """Drops records below WARNING from the QUIET_LIBRARIES loggers (and their children)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            redacted = message
-            for value in self.secrets:
-                redacted = redacted.replace(value, "***")
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] not in QUIET_LIBRARIES
 
 
 def setup_logging(level: str = "INFO", log_file: Path | None = None, extra_secrets: Iterable[str] = ()) -> None:
-    """Log to stderr (and to ``log_file`` when given) with secrets redacted. Safe to call again: replaces handlers."""
+    """Log to stderr (and to ``log_file`` when given) with secrets redacted (ls_io.s3.RedactSecrets: the values of
+    its SECRET_ENV_VARS and ``extra_secrets``). Safe to call again: replaces handlers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_loop_handler", False):
             root.removeHandler(handler)
             handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redact = RedactSecrets(extra_secrets)
+    filters = [QuietLibraries(), RedactSecrets(extra_secrets)]
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(fmt)
-        handler.addFilter(redact)
+        for record_filter in filters:
+            handler.addFilter(record_filter)
         handler._loop_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # boto's wire logs could echo signed headers: keep them quiet.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,7 +1,7 @@
 """The models root: promoted versions and the serving pointer, written here and read by the backend's model store.
 
 Layout under ``MODELS_ROOT`` (a folder, or ``s3://bucket/prefix``); the names are shared with the reader through
-backend/model_layout.py::
+dam_model/versions.py::
 
     versions/<version>/     official DAM folder layout + provenance.json; never modified once written
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"
@@ -21,12 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import boto3
-
-from backend.model_layout import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
 from dam_loop.cli import BadArguments, env_default
 from dam_loop.provenance import utc_now
 from dam_model.fileio import atomic_write_json, read_json
+from dam_model.versions import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
+from ls_io.s3 import make_s3_client
 
 __all__ = ["POINTER_NAME", "PROVENANCE_NAME", "VERSION_RE", "VERSIONS_DIR", "version_path", "LocalModelStore",
            "S3ModelStore", "open_store", "champion_dir", "resolve_init", "new_version_name"]
@@ -90,7 +89,7 @@ class S3ModelStore:
             raise BadArguments(str(exc)) from None
         if client is None:
             endpoint = env_default("MODELS_S3_ENDPOINT_URL") or env_default("S3_ENDPOINT_URL")
-            client = boto3.client("s3", endpoint_url=endpoint)
+            client = make_s3_client(endpoint)
         self.client = client
 
     def __str__(self) -> str:

@@ -5,6 +5,7 @@
 - regions: region types, labels, captions, percent geometry -> pixels, masks;
 - tracks: a video track frame by frame (Label Studio's own keyframe interpolation);
 - rle: the brush RLE codec; results: result items for predictions;
+- exports: the export objects of Label Studio's target storage, read back as annotations with their task;
 - media: fetching task media safely; video_io: the one PyAV layer; s3: the S3 client factory and secret redaction.
 
 Neutral on purpose: imports neither the server, the loop nor the model package (tests/test_layout.py checks it).

@@ -12,21 +12,26 @@ context_relation, ...}}`` (dam_tools.export_synthetic writes it), the region's r
 samples then carry no ``attributes`` and evaluation uses the reference metrics only.
 
 Video tracks (Label Studio ``videorectangle``: keyframes in ``value.sequence``, frames 1-based): the box of every
-frame is Label Studio's own (its editor's interpolation: linear from an enabled keyframe to the next one, the
-last enabled keyframe held to the end of the video, nothing after a disabled keyframe until the next one, nothing
-before the first keyframe); ``video_frames`` (default 8, env VIDEO_FRAMES) frames are picked among the frames where
-the box is visible with ``dam_model.segmentation.sample_frames``, the rule the backend uses before DAM's
-``describe_video``; each picked frame is written with the box rasterised as its mask. LS frame f is the f-th
-decoded frame (f - 1 here). A row: kind="video", id, video (the task's URL), frames and masks (one path per picked
-frame, repeated when fewer frames are visible than picked), frame_indices (0-based), boxes (the interpolated
-{x, y, width, height, rotation} in percent, per picked frame), num_frames, width, height, caption, category,
-labels, split, task_id, annotation_id, region_id, updated_at, source="human", key, video_sha256 (of the file),
-attributes (when present). Tracks without a caption are counted (``video_empty_caption``), not written.
+frame is Label Studio's own, read by ls_io.tracks as the backend reads it (the editor's rule: a keyframe shows its
+own box on its frame; from an enabled keyframe the box is interpolated linearly to the next one, rotation the short
+way round, or held to the end of the timeline after the last one; after a disabled keyframe, or one without
+``enabled``, nothing until the next keyframe; nothing before the first); ``video_frames`` (default 8, env
+VIDEO_FRAMES) frames are picked among the frames where the box is visible with
+``dam_model.segmentation.sample_frames``, the rule the backend uses before DAM's ``describe_video``; each picked
+frame is written with the box rasterised as its mask. LS frame f is the f-th decoded frame (f - 1 here). A row:
+kind="video", id, video (the task's URL), frames and masks (one path per picked frame, repeated when fewer frames
+are visible than picked), frame_indices (0-based), boxes (the interpolated {x, y, width, height, rotation} in
+percent, per picked frame), num_frames, width, height, caption, category, labels, split, task_id, annotation_id,
+region_id, updated_at, source="human", key, video_sha256 (of the file), attributes (when present). Tracks without
+a caption are counted (``video_empty_caption``), not written.
+
+Keypoints are prompts, not areas: keypoint items are left out of the regions (a region's mask is its brush,
+polygon or rectangle item).
 
 Rules: cancelled annotations and empty captions are skipped; duplicates (same image pixels + same mask pixels, or same
 video file + same per-frame boxes) keep the latest annotation (updated_at, then id); the split is sticky:
 sha256("task:<task id>") decides, so a task never changes side between runs (for a fixed --val-fraction). Images and
-videos are fetched with the backend's media rules (build_media).
+videos are fetched with the backend's media rules (ls_io.media, configured by build_video.media_config).
 
 Usage::
 
@@ -35,13 +40,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -61,40 +65,26 @@ from dam_loop.cli import (
 )
 from dam_loop.dataset import SPLIT_RULE, VIDEO_SAMPLES_FILE, DatasetWriter, is_built, pixels_hash, read_info, split_for
 from dam_loop.provenance import utc_iso
-from dam_loop.steps.build_media import ImageFetcher, VideoFetcher, default_fetcher
-from dam_loop.steps.build_regions import VIDEO_GEOMETRY_TYPES, group_regions, rasterize
-from dam_loop.steps.build_video import DEFAULT_VIDEO_FRAMES, VideoSampleWriter
+from dam_loop.steps.build_video import DEFAULT_VIDEO_FRAMES, VideoFetcher, VideoSampleWriter, media_config
 from dam_model.data import KIND_IMAGE
 from dam_model.fileio import read_json
+from ls_io.exports import AnnotationRecord, iter_annotations
+from ls_io.media import MediaFetcher
+from ls_io.regions import KEYPOINT_TYPES, TRACK_TYPES, group_regions, rasterize, region_type
 
 log = logging.getLogger("dam_loop.build")
 
-
-@dataclasses.dataclass
-class AnnotationRecord:
-    """One exported annotation with its task."""
-
-    key: str
-    task_id: Any
-    task_data: dict[str, Any]
-    annotation: dict[str, Any]
-    task_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def updated_at(self) -> str:
-        return str(self.annotation.get("updated_at") or self.annotation.get("created_at") or "")
+ImageFetcher = Callable[[str, Any], np.ndarray]  # (url or path, task id) -> HxWx3 uint8 RGB
 
 
-def iter_annotations(export: dict[str, Any], key: str = "") -> Iterator[AnnotationRecord]:
-    """Annotations in one export object: per-annotation format ({result, task}) or per-task ({data, annotations})."""
-    if "result" in export and isinstance(export.get("task"), dict):
-        task = export["task"]
-        yield AnnotationRecord(key, task.get("id"), task.get("data") or {}, export, task.get("meta") or {})
-    elif "data" in export:
-        for annotation in export.get("annotations") or []:
-            yield AnnotationRecord(key, export.get("id"), export.get("data") or {}, annotation, export.get("meta") or {})
-    else:
-        raise ValueError("not a Label Studio export object")
+def default_fetcher(local_files_root: str | None = None) -> ImageFetcher:
+    """Images with the backend's media rules (build_video.media_config)."""
+    fetcher = MediaFetcher(media_config(local_files_root))
+
+    def fetch(url: str, task_id: Any = None) -> np.ndarray:
+        return fetcher.load_image(url, task_id if isinstance(task_id, int) else None)
+
+    return fetch
 
 
 def image_url(task_data: dict[str, Any], geometry: dict[str, Any], image_key: str | None) -> str:
@@ -174,9 +164,10 @@ class _Build:
             if record.annotation.get("was_cancelled"):
                 self.counts["cancelled"] += 1
                 continue
-            for region_id, region in group_regions(record.annotation.get("result") or []).items():
+            areas = [item for item in record.annotation.get("result") or [] if region_type(item) not in KEYPOINT_TYPES]
+            for region_id, region in group_regions(areas).items():
                 try:
-                    if str(region["geometry"].get("type", "")).lower() in VIDEO_GEOMETRY_TYPES:
+                    if region_type(region["geometry"]) in TRACK_TYPES:
                         self.add_video_region(record, region_id, region)
                     else:
                         self.add_image_region(record, region_id, region)
@@ -291,7 +282,7 @@ def build_dataset(
 ) -> Path:
     """Build the dataset of ``snapshot_id`` (default: the latest) and return its folder. Reuses an existing build.
 
-    fetch_video: how video files are fetched (default: build_media.default_video_fetcher);
+    fetch_video: how video files are fetched (default: build_video.default_video_fetcher);
     video_frames: frames sampled per video track (DAM's video input: 8).
     """
     work_root = Path(work_root)

@@ -8,7 +8,7 @@ Run (docker-compose schedules exactly this)::
 Environment (every option also has a flag; see --help):
     S3_ENDPOINT_URL, S3_BUCKET, S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the Label Studio export
     LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
-    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      image fetching (backend/media.py)
+    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      media fetching (ls_io.media)
     INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
     TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int
 
     t = step("pull")
     source = pull.source_from_args(args)
-    pulled = pull.pull(pull.make_s3_client(source), source, work_root)
+    pulled = pull.pull(pull.source_client(source), source, work_root)
     summary["steps"]["pull"] = pulled.summary()
     timings["pull"] = round(time.time() - t, 2)
     state_path = work_root / "state.json"

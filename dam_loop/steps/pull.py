@@ -30,9 +30,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from dam_loop.cli import (
     EXIT_NOTHING_NEW,
     EXIT_OK,
@@ -45,10 +42,10 @@ from dam_loop.cli import (
 )
 from dam_loop.provenance import new_run_id, utc_iso
 from dam_model.fileio import atomic_write_json, read_json
+from ls_io.exports import classify_export
+from ls_io.s3 import make_s3_client
 
 log = logging.getLogger("dam_loop.pull")
-
-READ_ONLY_OPERATIONS = frozenset({"ListObjectsV2", "GetObject"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,44 +89,18 @@ class PullResult:
         }
 
 
-def _refuse_writes(model: Any = None, params: Any = None, **kwargs: Any) -> None:
-    name = getattr(model, "name", "?")
-    if name not in READ_ONLY_OPERATIONS:
-        raise PermissionError(f"the pull step must never modify the source bucket: refused S3 operation {name}")
-
-
-def make_s3_client(source: S3Source, access_key: str | None = None, secret_key: str | None = None) -> Any:
-    """A boto3 S3 client that can only List and Get (any other operation raises PermissionError before it is sent).
-
-    Credentials: the arguments when given, else boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...).
-    """
-    client = boto3.client(
-        "s3",
-        endpoint_url=source.endpoint_url,
-        region_name=source.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}),
-    )
-    client.meta.events.register("before-call.s3", _refuse_writes)
-    return client
+def source_client(source: S3Source) -> Any:
+    """A read-only S3 client for the source bucket (ListObjectsV2 and GetObject only: any other operation raises
+    PermissionError before it is sent), path-style as S3-compatible servers expect. Credentials: boto3's chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...)."""
+    return make_s3_client(source.endpoint_url, region=source.region or env_default("AWS_DEFAULT_REGION", "us-east-1"),
+                          path_style=True, read_only=True)
 
 
 def object_file_name(key: str) -> str:
     """A flat, safe file name for an S3 key: readable tail + a hash of the whole key (keys may hold '/' or '..')."""
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", key.rsplit("/", 1)[-1])[-60:].lstrip(".") or "object"
     return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{tail}"
-
-
-def classify_export(obj: Any) -> str:
-    """'annotation' (one object per annotation), 'task' (<task id>.json with annotations) or raise ValueError."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    if "result" in obj and isinstance(obj.get("task"), dict):
-        return "annotation"
-    if "data" in obj and ("annotations" in obj or "id" in obj):
-        return "task"
-    raise ValueError("neither a Label Studio annotation export (result + task) nor a task export (data + annotations)")
 
 
 def latest_snapshot_id(work_root: Path) -> str | None:
@@ -272,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     source = source_from_args(args)
-    result = pull(make_s3_client(source), source, args.work_root)
+    result = pull(source_client(source), source, args.work_root)
     print(json.dumps(result.summary(), indent=2))
     return EXIT_OK if result.created else EXIT_NOTHING_NEW
 

@@ -75,7 +75,7 @@ def synthetic_export(
 ) -> dict[str, bytes]:
     """Label Studio target-storage objects for synthetic scenes, made by dam_tools.export_synthetic (the reference
     captions are the "corrected" ones). Images are written to media_root/images/ and referenced as
-    "images/<scene id>.png", which backend/media.py reads under LOCAL_FILES_ROOT = media_root."""
+    "images/<scene id>.png", which ls_io/media.py reads under LOCAL_FILES_ROOT = media_root."""
     scenes = generate_dataset(seed, n_scenes)
     (media_root / "images").mkdir(parents=True, exist_ok=True)
     for scene in scenes:
@@ -98,7 +98,7 @@ def synthetic_video_export(
 
 @pytest.fixture()
 def media_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Let backend/media.py read the test images (and nothing else)."""
+    """Let ls_io/media.py read the test images (and nothing else)."""
     root = tmp_path / "media"
     root.mkdir(exist_ok=True)
     monkeypatch.setenv("LOCAL_FILES_ROOT", str(root))

@@ -9,20 +9,20 @@ import pytest
 from dam_loop.cli import BadArguments
 from dam_loop.dataset import load_samples, split_for
 from dam_loop.steps.build import build_dataset
-from dam_loop.steps.build_regions import rasterize
 from dam_loop.steps.evaluate import promotion_score, score_captions
-from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, pull, source_client
 from dam_model.data import read_mask
 from dam_model.fileio import read_json, read_jsonl
 from dam_model.synthetic import generate_dataset
 from dam_tools.export_synthetic import region_ids
+from ls_io.regions import rasterize
 
 from .conftest import put_objects
 
 
 def pull_and_build(work, admin_s3, bucket, **kwargs):
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
-    result = pull(make_s3_client(source), source, work)
+    result = pull(source_client(source), source, work)
     return result, build_dataset(work, result.snapshot_id, **kwargs)
 
 

@@ -6,21 +6,24 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from backend.app import create_app
+from backend.settings import Settings
 from dam_loop.dataset import load_samples, load_video_samples, read_video_sample, split_for
 from dam_loop.steps.build import build_dataset
-from dam_loop.steps.build_regions import keyframe_boxes
-from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, pull, source_client
 from dam_model.fileio import atomic_write_bytes, read_json, read_jsonl
 from dam_model.segmentation import sample_frames
 from dam_model.synthetic import generate_video
 from ls_io.regions import percent_box
+from ls_io.tracks import track_boxes
 from ls_io.video_io import video_bytes  # lossless FFV1: decoded frames equal the generator's pixels
 
-from .conftest import put_objects
+from .conftest import REPO, put_objects
 
 N_FRAMES = 16
 WIDTH, HEIGHT = 96, 64
@@ -53,7 +56,7 @@ def video_annotation(annotation_id: int, task_id: int, tracks: list[tuple[str, l
 
 def pull_and_build(work, admin_s3, bucket, **kwargs):
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
-    result = pull(make_s3_client(source), source, work)
+    result = pull(source_client(source), source, work)
     return build_dataset(work, result.snapshot_id, **kwargs)
 
 
@@ -144,18 +147,18 @@ def test_video_tracks_build_sampled_frames_with_interpolated_box_masks(tmp_path,
     assert {r["id"] for r in read_jsonl(dataset / "video_samples.jsonl")} == {r["id"] for r in rows.values()}
 
 
-def test_keyframe_boxes_follow_label_studio_rules():
+def test_track_boxes_follow_label_studio_rules():
     box = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0, "rotation": 0.0}
     moved = {"x": 50.0, "y": 20.0, "width": 30.0, "height": 20.0, "rotation": 10.0}
-    one = keyframe_boxes([keyframe(3, box)], 6)
+    one = track_boxes([keyframe(3, box)], 6)
     assert one[:2] == [None, None] and one[2:] == [box] * 4  # nothing before; the last enabled keyframe holds to the end
-    two = keyframe_boxes([keyframe(5, moved), keyframe(1, box)], 6)  # any order
+    two = track_boxes([keyframe(5, moved), keyframe(1, box)], 6)  # any order
     assert two[0] == box and two[4] == moved and two[5] == moved
     assert two[2] == {"x": 30.0, "y": 20.0, "width": 30.0, "height": 30.0, "rotation": 5.0}
-    off = keyframe_boxes([keyframe(1, box, enabled=False), keyframe(4, moved)], 6)
+    off = track_boxes([keyframe(1, box, enabled=False), keyframe(4, moved)], 6)
     assert off == [box, None, None, moved, moved, moved]  # a disabled keyframe shows on its own frame only
-    assert keyframe_boxes([keyframe(9, box)], 6) == [None] * 6
-    short = keyframe_boxes([keyframe(1, box), keyframe(10, moved)], 4)  # the next keyframe lies past the end
+    assert track_boxes([keyframe(9, box)], 6) == [None] * 6
+    short = track_boxes([keyframe(1, box), keyframe(10, moved)], 4)  # the next keyframe lies past the end
     assert short[3] == pytest.approx({k: box[k] + (moved[k] - box[k]) * 3 / 9 for k in box})
 
 
@@ -188,3 +191,58 @@ def test_unusable_tracks_are_skipped_and_remote_videos_use_the_scratch_folder(tm
     assert "attributes" not in row and len(row["frames"]) == 4  # no data.attributes: no judge for this one
     assert fetched and not fetched[0].parent.exists()  # the scratch folder is removed after the build
     assert not list(dataset.parent.glob(".s*"))  # neither scratch nor staging folders are left behind
+
+
+class RecordingDAM:
+    """Stands in for DAM behind the backend: keeps the frames and masks describe_video is given."""
+
+    config = SimpleNamespace(image_query="<image>\nDescribe the masked region in detail.")
+
+    def __init__(self) -> None:
+        self.video_calls: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+
+    def describe_video(self, frames, masks, **_):
+        self.video_calls.append(([np.array(f) for f in frames], [np.array(m, dtype=bool) for m in masks]))
+        return SimpleNamespace(text="a described track", confidence=-0.1, token_ids=[])
+
+
+def test_a_video_task_reads_the_same_in_the_backend_and_the_dataset_builder(tmp_path, admin_s3, bucket, clip,
+                                                                            media_root):
+    """Issue 14's acceptance: one task, two readers. The backend (no segmenter: the track's own boxes are the masks)
+    and the build step pick the same frames and mask them the same way, by Label Studio's rule: frames 2-3
+    interpolate (rotation the short way round, 0 -> -10), the keyframe at 4 has no `enabled` so it counts as
+    disabled and hides the track on 5-7, the last keyframe (8, enabled) holds to the end of the editor's timeline
+    (framesCount 14, shorter than the 16-frame file)."""
+    sequence = [
+        {"frame": 1, "enabled": True, "x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0, "rotation": 0},
+        {"frame": 4, "x": 40.0, "y": 25.0, "width": 25.0, "height": 35.0, "rotation": 350},
+        {"frame": 8, "enabled": True, "x": 50.0, "y": 10.0, "width": 20.0, "height": 30.0, "rotation": 20},
+    ]
+    annotation = video_annotation(801, 81, [(TRACK_A, sequence, "the tracked object")])
+    annotation["result"][0]["value"]["framesCount"] = 14
+    put_objects(admin_s3, bucket, {"ls/801": json.dumps(annotation).encode()})
+    (row,) = load_video_samples(pull_and_build(tmp_path / "work", admin_s3, bucket))
+    built_frames, built_masks = read_video_sample(row)
+
+    dam = RecordingDAM()
+    settings = Settings(local_files_root=str(media_root), media_cache_dir="", segmenter="none", video_frames=8,
+                        events_file=str(tmp_path / "events.jsonl"), train_log_dir=str(tmp_path / "logs"),
+                        warm_up_on_start=False, model_poll_seconds=0, dam_model=str(tmp_path / "no-model"))
+    app = create_app(settings, loader=lambda source, device, dtype: dam)
+    task = {"id": 81, "data": annotation["task"]["data"], "annotations": [{"id": 801, "result": annotation["result"]}]}
+    label_config = (REPO / "label_config" / "video.xml").read_text()
+    reply = app.test_client().post("/predict", json={"tasks": [task], "label_config": label_config})
+    assert reply.status_code == 200, reply.json
+    ((served_frames, served_masks),) = dam.video_calls
+
+    # Visible (0-based): 0-3 and 7-13, eleven frames; the centres of 8 equal segments of them.
+    visible = [index < 4 or 7 <= index < 14 for index in range(N_FRAMES)]
+    assert row["frame_indices"] == sample_frames([np.array([v]) for v in visible], 8) == [0, 2, 3, 7, 9, 10, 11, 13]
+    assert len(served_frames) == len(built_frames) == 8
+    for index, served_frame, built_frame, served_mask, built_mask in zip(
+            row["frame_indices"], served_frames, built_frames, served_masks, built_masks):
+        np.testing.assert_array_equal(served_frame, clip.frames[index])  # the same frame ...
+        np.testing.assert_array_equal(built_frame, clip.frames[index])
+        np.testing.assert_array_equal(served_mask, built_mask)  # ... with the same mask
+        assert served_mask.any(), index
+    assert row["boxes"][1]["rotation"] == pytest.approx(-20 / 3, abs=1e-3)  # LS frame 3: two thirds of 0 -> -10

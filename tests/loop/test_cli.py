@@ -1,5 +1,6 @@
 """dam_loop.cli.run_main maps what a step raises to its exit code; the training flags nightly forwards parse back to
-the same values in the train step (they are declared once, in dam_loop.steps.train)."""
+the same values in the train step (generated once from TrainConfig by dam_model.train, plus the loop's own flags in
+dam_loop.steps.train)."""
 from __future__ import annotations
 
 import argparse
@@ -47,4 +48,4 @@ def test_nightly_forwards_every_training_flag(argv):
     for name in vars(flags.parse_args([])):
         expected = "INIT" if name == "init" else getattr(nightly_args, name)
         assert getattr(train_args, name) == expected, name
-    assert train.train_config_fields(train_args) == train.train_config_fields(nightly_args)
+    assert train.train_config(train_args) == train.train_config(nightly_args)

@@ -18,7 +18,7 @@ from backend.model_store import ModelStore
 from backend.settings import Settings
 from dam_loop.dataset import load_samples
 from dam_loop.steps.build import build_dataset
-from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, pull, source_client
 from dam_model.data import read_image, read_mask
 from dam_model.fileio import read_json
 
@@ -147,7 +147,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, admin_s3, bucket
     put_objects(admin_s3, bucket, export_factory(51, 4, fmt="annotation", prefix="ls"))
     work = Path(loop_env["LOOP_WORK_ROOT"])
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
-    snapshot = pull(make_s3_client(source), source, work).snapshot_id
+    snapshot = pull(source_client(source), source, work).snapshot_id
     dataset = build_dataset(work, snapshot, val_fraction=0.25)
     argv = [sys.executable, "-m", "dam_loop.steps.train", "--work-root", str(work), "--dataset", str(dataset),
             "--init", loop_env["INIT_MODEL"], "--max-steps", "60", "--batch-size", "2", "--checkpoint-every", "1",

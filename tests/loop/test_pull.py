@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dam_loop.steps.pull import S3Source, make_s3_client, pull
+from dam_loop.steps.pull import S3Source, pull, source_client
 from dam_model.fileio import read_json
 
 from .conftest import TEST_SECRET, bucket_bytes, put_objects, run_module
@@ -27,7 +27,7 @@ def test_pull_both_formats_incremental_and_bucket_untouched(tmp_path, admin_s3, 
     before = bucket_bytes(admin_s3, bucket)
 
     source = S3Source(bucket=bucket, prefix="ls", endpoint_url=admin_s3.meta.endpoint_url)
-    client = make_s3_client(source)
+    client = source_client(source)
     work = tmp_path / "work"
     first = pull(client, source, work)
     assert first.created and sorted(first.new) == sorted(k for k in objects if k.startswith("ls/") and k != "ls/999")
@@ -73,7 +73,7 @@ def test_pull_both_formats_incremental_and_bucket_untouched(tmp_path, admin_s3, 
 
 
 def test_client_refuses_writes(s3_env, bucket):
-    client = make_s3_client(S3Source(bucket=bucket, endpoint_url=s3_env["S3_ENDPOINT_URL"]))
+    client = source_client(S3Source(bucket=bucket, endpoint_url=s3_env["S3_ENDPOINT_URL"]))
     with pytest.raises(PermissionError, match="PutObject"):
         client.put_object(Bucket=bucket, Key="x", Body=b"x")
     with pytest.raises(PermissionError, match="DeleteObject"):
