@@ -24,14 +24,18 @@ batch == single equality on some kernels. On a GPU with long captions (256 token
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 RELEASE_TEMPERATURE = 0.2  # release default (sampling); temperature 0 here means greedy
 RELEASE_TOP_P = 0.5
 RELEASE_MAX_NEW_TOKENS = 512
+
+_step_hook = threading.local()  # per thread: the callback run between decode steps (see `between_steps`)
 
 
 @dataclass
@@ -100,6 +104,33 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+@contextmanager
+def between_steps(callback: Callable[[], None] | None) -> Iterator[None]:
+    """Within the block, every decode THIS thread runs calls `callback()` between two steps (None: no callback).
+
+    The serving scheduler uses it to serve a waiting click between two steps of a bulk batch (backend/batching.py),
+    so the click waits one decode step instead of the whole batch. The callback runs with no hook installed: a
+    decode it starts itself runs to its end. The paused decode keeps its KV cache and resumes unchanged.
+    """
+    previous = getattr(_step_hook, "callback", None)
+    _step_hook.callback = callback
+    try:
+        yield
+    finally:
+        _step_hook.callback = previous
+
+
+def _run_step_hook() -> None:
+    callback = getattr(_step_hook, "callback", None)
+    if callback is None:
+        return
+    _step_hook.callback = None
+    try:
+        callback()
+    finally:
+        _step_hook.callback = callback
+
+
 @torch.inference_mode()
 def decode_steps(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
                  eos_token_id: int, pad_token_id: int = 0,
@@ -143,6 +174,7 @@ def decode_steps(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
             batch_alive = batch_alive[keep]
             if stats is not None:
                 stats.compactions += 1
+        _run_step_hook()
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = llm(input_ids=batch_ids[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
                   use_cache=True)

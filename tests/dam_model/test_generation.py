@@ -161,3 +161,22 @@ def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_model
     assert [b[0].token_ids for b in batched] == [s.token_ids for s in singles]
     assert [b[0].text for b in batched] == [s.text for s in singles]
     assert len({len(s.token_ids) for s in singles}) > 1  # lengths differ: some rows were dropped early
+
+
+def test_between_steps_runs_the_callback_between_steps_and_not_inside_itself():
+    from dam_model.generation import between_steps
+
+    embeds, mask = torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)[..., 0] + 1
+    calls, nested = [], []
+
+    def serve_a_click() -> None:
+        calls.append(len(calls))
+        ids, _ = generate(ScriptedLLM([3, 4, 2]), embeds, mask, GenerationSettings(max_new_tokens=5), 2)
+        nested.append(ids)  # the nested decode ran to its end without calling back into this function
+
+    with between_steps(serve_a_click):
+        ids, _ = generate(ScriptedLLM([4, 5, 5, 2]), embeds, mask, GenerationSettings(max_new_tokens=10), 2)
+    assert ids == [[4, 5, 5, 2]]
+    assert len(calls) == 3 and nested == [[[3, 4, 2]]] * 3  # between steps 1-2, 2-3, 3-4; not after the last
+    generate(ScriptedLLM([4, 2]), embeds, mask, GenerationSettings(max_new_tokens=10), 2)
+    assert len(calls) == 3  # outside the block: no callback
