@@ -1,25 +1,23 @@
 """Cross-request batching: one worker thread owns the model, request threads submit regions and wait on a Future.
 
-Without it each gunicorn thread ran the model on its own, queued on the model lock: eight annotators got little more
-throughput than one, although the model captions 8 regions in one batch ~3x faster than one by one.
+Why: each gunicorn thread ran the model on its own, queued on the model lock, so eight annotators got little more
+throughput than one, although the model captions 8 regions in one call ~3x faster than one by one.
 
-Flow: `submit(works, kind)` puts one entry per region (a video track is one) in the interactive or the batch queue.
-The worker takes the oldest entry of the first non-empty queue (interactive first) and the entries of the same kind
-and key (query, generation settings) up to BATCH_MAX_SIZE, waiting at most BATCH_MAX_WAIT_MS after that entry
-arrived while the batch is not full (only an idle model waits: behind a busy one the queue fills). Regions of one
-image go to the model together; the batch is ONE call (`describe_batch`; `describe_video` for a track). The
-submission's Future (a `Ticket`) resolves when all its regions are captioned.
-
-- Interactive first: the kinds never share a batch, and while a batch-kind batch decodes, waiting interactive
-  entries are captioned between two of its decode steps (`dam_model.generation.between_steps`); so a click waits
-  one decode step, not the remaining batches of a 200-region request, and the paused batch resumes unchanged.
-- Backpressure: at most QUEUE_MAX_REGIONS regions wait; beyond, submit() raises `Overloaded` (503) with
-  retry_after_s estimated from the measured throughput; a single submission bigger than the queue is `TooManyRegions`.
-- Deadlines: every submission has one (per-kind defaults). Entries whose deadline passed, or whose Future was
-  cancelled (`ticket.cancel()`: the client is gone), are dropped before they cost model time; `Ticket.wait()` raises
-  `DeadlineExceeded` (504) when the deadline passes first.
-- Hot promotion: `get_model()` is called for every batch, so a model swapped between batches is used from the next
-  one and nothing fails; each `Captioned` names the version that produced it.
+Flow: `submit(works, kind)` queues one entry per region (a video track is one). The worker takes the oldest entry of
+the first non-empty queue (interactive, then batch) and the entries of that kind with its key (query, generation
+settings), up to BATCH_MAX_SIZE (BULK_BATCH_MAX_SIZE for batch requests); an idle model waits at most
+BATCH_MAX_WAIT_MS after that entry arrived for the batch to fill. Regions of one image are encoded together; the
+batch is ONE call (`describe_batch`; `describe_video` for a track). A submission's `Ticket` (a Future) resolves
+when all its regions are captioned.
+- Interactive first: kinds never share a call, and while a batch-kind call decodes, waiting clicks are captioned
+  between two of its decode steps (`dam_model.generation.between_steps`): a click waits one step, not a
+  200-region request, and the paused call resumes unchanged. (Strict priority: a stream of clicks slows bulk work.)
+- Backpressure: at most QUEUE_MAX_REGIONS regions wait; beyond, submit() raises `Overloaded` (503, retry_after_s
+  from the measured throughput); one submission larger than the whole queue is `TooManyRegions` (413).
+- Deadlines: entries whose deadline passed, or whose Ticket was cancelled (the client is gone), are dropped before
+  they cost model time; `Ticket.wait()` raises `DeadlineExceeded` (504) when the deadline passes first.
+- Hot promotion: `get_model()` is called for every batch: a model swapped between batches serves the next one and
+  nothing fails; each `Captioned` names the version that wrote it.
 - close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
 """
 from __future__ import annotations
@@ -54,16 +52,17 @@ class BatchingSettings:
     """Scheduler settings. Field name == environment variable name, upper-cased (as backend/settings.py)."""
 
     batch_max_size: int = 8
-    """Most regions captioned in one model call. Larger batches raise throughput until the accelerator is busy
-    (CPU: ~8; a GPU takes 16-32); a click that arrives during a batch waits one decode step of it, not all of it."""
-    batch_max_wait_ms: float = 5.0
-    """How long an idle model waits after the first region arrives for others to join its batch (ms). 0: never wait."""
+    """Most regions of interactive requests (clicks) captioned in one model call: small keeps each click fast."""
+    bulk_batch_max_size: int = 32
+    """Most regions of batch requests (Retrieve predictions, bulk) in one model call: large is efficient, and a click
+    arriving meanwhile waits one decode step of it (or its image encoding), not the whole call."""
+    batch_max_wait_ms: float = 2.0
+    """How long an idle model waits after a region arrives for others to join its call (ms). 0: never wait."""
     queue_max_regions: int = 512
     """Regions allowed to wait; beyond, /predict answers 503 with Retry-After. A single request with more regions than
     this is refused with 413 (split the task)."""
     interactive_deadline_s: float = 30.0
-    """Seconds an interactive request (an annotator's click) may wait for its captions; then its work is dropped and
-    it gets 504."""
+    """Seconds a click may wait for its captions; then its work is dropped and the request gets 504."""
     batch_deadline_s: float = 95.0
     """Seconds a batch request (Retrieve predictions, bulk) may take; keep it below Label Studio's ML_TIMEOUT_PREDICT
     (100 s by default: after that nobody reads the answer) and gunicorn's TIMEOUT (300 s)."""
@@ -71,6 +70,7 @@ class BatchingSettings:
     def __post_init__(self) -> None:
         problems = {"BATCH_MAX_SIZE must be >= 1": self.batch_max_size < 1,
                     "BATCH_MAX_WAIT_MS must be in [0, 1000]": not 0 <= self.batch_max_wait_ms <= 1000,
+                    "BULK_BATCH_MAX_SIZE must be >= 1": self.bulk_batch_max_size < 1,
                     "QUEUE_MAX_REGIONS must be >= BATCH_MAX_SIZE": self.queue_max_regions < self.batch_max_size,
                     "INTERACTIVE_DEADLINE_S must be > 0": not self.interactive_deadline_s > 0,
                     "BATCH_DEADLINE_S must be > 0": not self.batch_deadline_s > 0}
@@ -260,10 +260,6 @@ class Scheduler:
         """submit() then wait for the captions (DeadlineExceeded when the deadline passes first)."""
         return self.submit(works, **submit_kwargs).wait()
 
-    def depth(self) -> dict[str, int]:
-        with self._cond:
-            return {kind: len(queue) for kind, queue in self._queues.items()}
-
     def close(self, drain: bool = True, timeout: float | None = 30.0) -> None:
         """Stop accepting work; finish what waits (drain) or fail it with SchedulerClosed. After `timeout` seconds
         whatever still waits is failed too."""
@@ -280,6 +276,11 @@ class Scheduler:
     def _retry_after(self, queued: int) -> int:
         rate = self._regions_per_s
         return int(min(60, max(1, math.ceil(queued / rate)))) if rate else 1
+
+    def _cap(self, kind: str, key: tuple) -> int:
+        if key[0] == "Track":
+            return 1  # describe_video takes one track
+        return self.settings.batch_max_size if kind == INTERACTIVE else self.settings.bulk_batch_max_size
 
     def _fail_all(self, reason: str) -> None:
         for kind, queue in self._queues.items():
@@ -304,7 +305,7 @@ class Scheduler:
     def _take(self, kind: str) -> list[_Entry]:
         """Pop the head of `kind` and the entries with its key, up to the batch size (one track per call)."""
         key = self._queues[kind][0].key
-        cap = 1 if key[0] == "Track" else self.settings.batch_max_size
+        cap = self._cap(kind, key)
         batch, rest = [], deque()
         for entry in self._queues[kind]:
             (batch if entry.key == key and len(batch) < cap else rest).append(entry)
@@ -325,10 +326,9 @@ class Scheduler:
                     self._cond.wait()
                     continue
                 head = self._queues[kind][0]
-                cap = 1 if head.key[0] == "Track" else self.settings.batch_max_size
                 ready = sum(1 for e in self._queues[kind] if e.key == head.key)
                 wait_left = head.enqueued_at + max_wait - now
-                if ready >= cap or wait_left <= 0 or self._closing:
+                if ready >= self._cap(kind, head.key) or wait_left <= 0 or self._closing:
                     return self._take(kind)
                 self._cond.wait(wait_left)
 
