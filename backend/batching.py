@@ -53,19 +53,20 @@ class BatchingSettings:
 
     batch_max_size: int = 8
     """Most regions of interactive requests (clicks) captioned in one model call: small keeps each click fast."""
-    bulk_batch_max_size: int = 32
-    """Most regions of batch requests (Retrieve predictions, bulk) in one model call: large is efficient, and a click
-    arriving meanwhile waits one decode step of it (or its image encoding), not the whole call."""
+    bulk_batch_max_size: int = 16
+    """Most regions of batch requests (Retrieve predictions) in one call. A click arriving meanwhile waits for its
+    image encoding and prefill, then one decode step: larger is more efficient, smaller keeps clicks fast."""
     batch_max_wait_ms: float = 2.0
     """How long an idle model waits after a region arrives for others to join its call (ms). 0: never wait."""
     queue_max_regions: int = 512
     """Regions allowed to wait; beyond, /predict answers 503 with Retry-After. A single request with more regions than
     this is refused with 413 (split the task)."""
-    interactive_deadline_s: float = 30.0
-    """Seconds a click may wait for its captions; then its work is dropped and the request gets 504."""
-    batch_deadline_s: float = 95.0
-    """Seconds a batch request (Retrieve predictions, bulk) may take; keep it below Label Studio's ML_TIMEOUT_PREDICT
-    (100 s by default: after that nobody reads the answer) and gunicorn's TIMEOUT (300 s)."""
+    interactive_deadline_s: float = 100.0
+    """Seconds a click may wait for its captions (Label Studio's default ML_TIMEOUT_PREDICT); then its work is
+    dropped and the request gets 504."""
+    batch_deadline_s: float = 290.0
+    """Seconds a batch request (Retrieve predictions, bulk) may take: below ML_TIMEOUT_PREDICT (300 in this
+    project's compose file; after it nobody reads the answer) and gunicorn's TIMEOUT."""
 
     def __post_init__(self) -> None:
         problems = {"BATCH_MAX_SIZE must be >= 1": self.batch_max_size < 1,
@@ -154,8 +155,7 @@ class Captioned:
 
 
 class Ticket(Future):
-    """The Future of one submission: result() is a list of Captioned in the order of the submitted works.
-    cancel() drops the work that has not run yet (the client is gone)."""
+    """Future of one submission: one Captioned per work, in order. cancel() drops its unrun work (client gone)."""
 
     def __init__(self, kind: str, deadline: float, size: int, submitted_at: float) -> None:
         super().__init__()
