@@ -18,8 +18,8 @@ Users: `Annotator` (weight 10) sends the click Label Studio sends for a smart ke
 is reported as a failure named "503 overloaded (Retry-After N)", and that user waits Retry-After seconds: count
 them to see the backpressure at work; any other non-200 answer is a plain failure.
 
-Figures we measured (tiny DAM, CPU, 2 cores) are in the README's "Many annotators" section and in
-`python scripts/bench.py concurrent`.
+Figures we measured (tiny DAM, CPU, 2 cores) are in the README's "Measured" table; the scripted side-by-side
+comparison is `python scripts/bench.py concurrent`.
 """
 import os
 import random

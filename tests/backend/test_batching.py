@@ -16,6 +16,8 @@ from backend.batching import (BATCH, INTERACTIVE, BatchingSettings, DeadlineExce
 from backend.batching_metrics import SchedulerMetrics
 from backend.metrics import Registry
 from dam_model.generation import Caption, GenerationSettings, generate
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.synthetic import generate_dataset, iter_region_samples
 
 
 def mask_of_area(area: int, shape=(16, 32)) -> np.ndarray:
@@ -347,15 +349,11 @@ def test_scheduler_metrics_render_in_the_registry_format():
 # ---------------------------------------------------------------------------------------------- with the real tiny DAM
 @pytest.fixture(scope="module")
 def tiny_dam(trained_dam_dir):
-    from dam_model.modeling import DescribeAnythingModel
-
     return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
 
 
 @pytest.fixture(scope="module")
 def regions():
-    from dam_model.synthetic import generate_dataset, iter_region_samples
-
     return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=21, n=6)))[:16]]
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dam_model.generation import GenerationSettings, generate, nucleus_filter
+from dam_model.generation import DecodeStats, GenerationSettings, between_steps, generate, nucleus_filter
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.synthetic import generate_dataset, iter_region_samples
 
 
 def test_batch_equals_single_greedy(tiny_model, scene):
@@ -116,16 +118,11 @@ def test_video_with_five_usable_frames_follows_the_rule(tiny_model, scene):
 
 @pytest.fixture(scope="module")
 def trained_model(trained_dam_dir):
-    from dam_model.modeling import DescribeAnythingModel
-
     return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
 
 
 def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_model):
     """Rows that emitted </s> leave the batch; token ids equal compaction-off and one-by-one decoding."""
-    from dam_model.generation import DecodeStats
-    from dam_model.synthetic import generate_dataset, iter_region_samples
-
     model = trained_model
     samples = list(iter_region_samples(generate_dataset(seed=5, n=4)))[:6]
     visual, _ = model._encode_items([(s.image, [s.mask]) for s in samples])
@@ -153,8 +150,6 @@ def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_mo
 
 
 def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_model):
-    from dam_model.synthetic import generate_dataset, iter_region_samples
-
     samples = list(iter_region_samples(generate_dataset(seed=6, n=4)))[:6]
     batched = trained_model.describe_batch([(s.image, [s.mask]) for s in samples], max_new_tokens=48)
     singles = [trained_model.describe(s.image, [s.mask], max_new_tokens=48)[0] for s in samples]
@@ -164,8 +159,6 @@ def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_model
 
 
 def test_between_steps_runs_the_callback_between_steps_and_not_inside_itself():
-    from dam_model.generation import between_steps
-
     embeds, mask = torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)[..., 0] + 1
     calls, nested = [], []
 
