@@ -4,17 +4,38 @@ The loop feeds the spliced prompt embeddings once (prefill, left padding for bat
 through transformers' DynamicCache. Per row it records the chosen ids and their log-probabilities under the
 model's own distribution (log-softmax of the raw logits, i.e. temperature 1); a caption's confidence is the mean
 of those over its emitted tokens, </s> included when emitted (always <= 0).
+
+Finished rows stop costing work: once a row has emitted </s>, it is dropped from the batch before the next step
+(its KV cache rows, mask and position go with it: `DynamicCache.batch_select_indices`), so a batch whose captions
+have mixed lengths does not decode padding for the rows that are done. Greedy results are unchanged (the surviving
+rows see exactly the inputs they saw before; tests compare token ids with and without compaction and with one-by-one
+decoding). Seeded sampling stays reproducible for the same inputs, but its draws depend on which rows are still in
+the batch, so sampled texts differ from a run with compaction off. `DecodeStats` counts the row-steps saved.
+
+Continuous batching (new rows joining a running decode) is NOT done; where it would plug in: in `decode_steps`,
+right after the compaction point and before the next `llm(...)` call, an `admit()` callback would hand over new rows
+(spliced embeddings + mask). They would be prefilled into their own DynamicCache, the shorter of the two caches
+left-padded along the sequence axis (keys/values [rows, heads, seq, dim], mask zeros), both concatenated on the
+batch axis, and `active` extended with the new rows' ids; positions are already per row (`next_position`), so no
+other change is needed, but the yielded tensors would have to grow (callers index rows by id, not by position).
+On the tiny CPU model it does not pay (figures in the scheduler's report: a whole 8-region batch takes ~0.5 s,
+so a click waits at most one batch), and the left-padded merge changes attention shapes, which costs greedy
+batch == single equality on some kernels. On a GPU with long captions (256 tokens) it is the next step.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 RELEASE_TEMPERATURE = 0.2  # release default (sampling); temperature 0 here means greedy
 RELEASE_TOP_P = 0.5
 RELEASE_MAX_NEW_TOKENS = 512
+
+_step_hook = threading.local()  # per thread: the callback run between decode steps (see `between_steps`)
 
 
 @dataclass
@@ -28,6 +49,19 @@ class Caption:
 
 
 @dataclass
+class DecodeStats:
+    """Work of one decode. steps: LLM calls after the prefill; row_steps: rows fed over those calls;
+    finished_row_steps: rows fed that had already emitted </s> (padding work, 0 with compaction);
+    saved_row_steps: row-steps compaction skipped (what the batch would have fed without it); compactions: shrinks."""
+
+    steps: int = 0
+    row_steps: int = 0
+    finished_row_steps: int = 0
+    saved_row_steps: int = 0
+    compactions: int = 0
+
+
+@dataclass
 class GenerationSettings:
     """Decoding options. temperature 0 = greedy (deterministic); > 0 = sampling with nucleus top_p."""
 
@@ -36,6 +70,8 @@ class GenerationSettings:
     top_p: float = RELEASE_TOP_P
     seed: int | None = None
     stop_at_eos: bool = True
+    compact_finished: bool = True
+    """Drop rows that emitted </s> from the batch (and the KV cache) before the next decode step."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -68,48 +104,98 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+@contextmanager
+def between_steps(callback: Callable[[], None] | None) -> Iterator[None]:
+    """Within the block, every decode THIS thread runs calls `callback()` between two steps (None: no callback).
+
+    The serving scheduler uses it to serve a waiting click between two steps of a bulk batch (backend/batching.py),
+    so the click waits one decode step instead of the whole batch. The callback runs with no hook installed: a
+    decode it starts itself runs to its end. The paused decode keeps its KV cache and resumes unchanged.
+    """
+    previous = getattr(_step_hook, "callback", None)
+    _step_hook.callback = callback
+    try:
+        yield
+    finally:
+        _step_hook.callback = previous
+
+
+def _run_step_hook() -> None:
+    callback = getattr(_step_hook, "callback", None)
+    if callback is None:
+        return
+    _step_hook.callback = None
+    try:
+        callback()
+    finally:
+        _step_hook.callback = callback
+
+
 @torch.inference_mode()
 def decode_steps(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
-                 eos_token_id: int, pad_token_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                 eos_token_id: int, pad_token_id: int = 0,
+                 stats: DecodeStats | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (ids [B], logprobs [B], alive [B] bool) per step; rows are left-padded: inputs_embeds [B, T, H],
-    attention_mask [B, T] (1 = real token). A row stops after emitting </s> when settings.stop_at_eos."""
-    from transformers import DynamicCache
+    attention_mask [B, T] (1 = real token). A row stops after emitting </s> when settings.stop_at_eos; a stopped
+    row yields pad_token_id and logprob 0 from then on (and, with settings.compact_finished, costs no more work)."""
+    from transformers import DynamicCache  # deferred: transformers is heavy and only needed once decoding starts
 
     device = inputs_embeds.device
     generator = None
     if settings.seed is not None and settings.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(settings.seed)
+    rows = inputs_embeds.shape[0]
     mask = attention_mask.to(device=device, dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     out = llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
               use_cache=True, logits_to_keep=1)
-    alive = torch.ones(inputs_embeds.shape[0], dtype=torch.bool, device=device)
+    active = torch.arange(rows, device=device)  # the original row of each row still in the batch
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
     next_position = positions[:, -1:] + 1
     for step in range(settings.max_new_tokens):
         logits = out.logits[:, -1, :].float()
-        ids = choose_tokens(logits, settings, generator)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
-        ids = torch.where(alive, ids, torch.full_like(ids, pad_token_id))
+        batch_ids = choose_tokens(logits, settings, generator)
+        batch_logprobs = torch.log_softmax(logits, dim=-1).gather(1, batch_ids[:, None]).squeeze(1)
+        batch_alive = alive[active]
+        batch_ids = torch.where(batch_alive, batch_ids, torch.full_like(batch_ids, pad_token_id))
+        ids = torch.full((rows,), pad_token_id, dtype=batch_ids.dtype, device=device).index_copy(0, active, batch_ids)
+        logprobs = torch.zeros(rows, dtype=batch_logprobs.dtype, device=device).index_copy(0, active, batch_logprobs)
         yield ids, logprobs, alive.clone()
         if settings.stop_at_eos:
-            alive = alive & (ids != eos_token_id)
-        if not alive.any() or step == settings.max_new_tokens - 1:
+            batch_alive = batch_alive & (batch_ids != eos_token_id)
+            alive = alive.index_copy(0, active, batch_alive)
+        if not bool(batch_alive.any()) or step == settings.max_new_tokens - 1:
             return
+        if settings.compact_finished and not bool(batch_alive.all()):
+            keep = torch.nonzero(batch_alive).flatten()
+            cache.batch_select_indices(keep)
+            mask, next_position, active, batch_ids = mask[keep], next_position[keep], active[keep], batch_ids[keep]
+            batch_alive = batch_alive[keep]
+            if stats is not None:
+                stats.compactions += 1
+        _run_step_hook()
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = llm(input_ids=ids[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
+        out = llm(input_ids=batch_ids[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
                   use_cache=True)
         next_position = next_position + 1
+        if stats is not None:
+            fed = int(active.shape[0])
+            stats.steps += 1
+            stats.row_steps += fed
+            stats.finished_row_steps += fed - int(batch_alive.sum())
+            stats.saved_row_steps += rows - fed
 
 
 def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
-             eos_token_id: int, pad_token_id: int = 0) -> tuple[list[list[int]], list[float]]:
+             eos_token_id: int, pad_token_id: int = 0,
+             stats: DecodeStats | None = None) -> tuple[list[list[int]], list[float]]:
     """Run `decode_steps` to the end: per row the emitted ids (</s> included when emitted) and mean log-probability."""
     rows = inputs_embeds.shape[0]
     ids: list[list[int]] = [[] for _ in range(rows)]
     logprob_sums = [0.0] * rows
     for step_ids, step_logprobs, alive in decode_steps(llm, inputs_embeds, attention_mask, settings, eos_token_id,
-                                                       pad_token_id):
+                                                       pad_token_id, stats):
         step_ids, step_logprobs, alive = step_ids.tolist(), step_logprobs.tolist(), alive.tolist()
         for row in range(rows):
             if alive[row]:

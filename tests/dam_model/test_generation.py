@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dam_model.generation import GenerationSettings, generate, nucleus_filter
+from dam_model.generation import DecodeStats, GenerationSettings, between_steps, generate, nucleus_filter
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.synthetic import generate_dataset, iter_region_samples
 
 
 def test_batch_equals_single_greedy(tiny_model, scene):
@@ -112,3 +114,62 @@ def test_video_with_five_usable_frames_follows_the_rule(tiny_model, scene):
     assert "".join(deltas) == tiny_model.describe_video([images[0]] * 8, frame_masks, max_new_tokens=5).text
     with pytest.raises(ValueError, match="no usable frame"):
         tiny_model.describe_video([images[0]] * 3, [empty] * 3)
+
+
+@pytest.fixture(scope="module")
+def trained_model(trained_dam_dir):
+    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
+
+
+def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_model):
+    """Rows that emitted </s> leave the batch; token ids equal compaction-off and one-by-one decoding."""
+    model = trained_model
+    samples = list(iter_region_samples(generate_dataset(seed=5, n=4)))[:6]
+    visual, _ = model._encode_items([(s.image, [s.mask]) for s in samples])
+    detail, brief = model._prompt_ids(None), model._prompt_ids("<image>\nDescribe the masked region briefly.")
+    rows = [detail if i % 2 == 0 else brief for i in range(len(samples))]  # mixed caption lengths
+    eos = model.config.llm.eos_token_id
+    embeds, mask, _ = model.splice(rows, visual, padding_side="left")
+    results = {}
+    for compact in (False, True):
+        stats = DecodeStats()
+        settings = GenerationSettings(max_new_tokens=48, compact_finished=compact)
+        results[compact] = (*generate(model.llm, embeds, mask, settings, eos, stats=stats), stats)
+    (ids_off, means_off, off), (ids_on, means_on, on) = results[False], results[True]
+    lengths = sorted(len(r) for r in ids_on)
+    assert all(r[-1] == eos for r in ids_on) and lengths[-1] - lengths[0] >= 8  # every row ended, lengths differ
+    assert ids_on == ids_off
+    assert max(abs(a - b) for a, b in zip(means_on, means_off)) < 1e-5
+    assert on.compactions >= 1 and on.finished_row_steps == 0
+    assert on.saved_row_steps == off.finished_row_steps > 0
+    assert on.row_steps + on.saved_row_steps == off.row_steps
+    for i, row in enumerate(rows):  # one by one: the same ids
+        one_embeds, one_mask, _ = model.splice([row], visual[i:i + 1], padding_side="left")
+        single, _ = generate(model.llm, one_embeds, one_mask, GenerationSettings(max_new_tokens=48), eos)
+        assert single[0] == ids_on[i]
+
+
+def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_model):
+    samples = list(iter_region_samples(generate_dataset(seed=6, n=4)))[:6]
+    batched = trained_model.describe_batch([(s.image, [s.mask]) for s in samples], max_new_tokens=48)
+    singles = [trained_model.describe(s.image, [s.mask], max_new_tokens=48)[0] for s in samples]
+    assert [b[0].token_ids for b in batched] == [s.token_ids for s in singles]
+    assert [b[0].text for b in batched] == [s.text for s in singles]
+    assert len({len(s.token_ids) for s in singles}) > 1  # lengths differ: some rows were dropped early
+
+
+def test_between_steps_runs_the_callback_between_steps_and_not_inside_itself():
+    embeds, mask = torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)[..., 0] + 1
+    calls, nested = [], []
+
+    def serve_a_click() -> None:
+        calls.append(len(calls))
+        ids, _ = generate(ScriptedLLM([3, 4, 2]), embeds, mask, GenerationSettings(max_new_tokens=5), 2)
+        nested.append(ids)  # the nested decode ran to its end without calling back into this function
+
+    with between_steps(serve_a_click):
+        ids, _ = generate(ScriptedLLM([4, 5, 5, 2]), embeds, mask, GenerationSettings(max_new_tokens=10), 2)
+    assert ids == [[4, 5, 5, 2]]
+    assert len(calls) == 3 and nested == [[[3, 4, 2]]] * 3  # between steps 1-2, 2-3, 3-4; not after the last
+    generate(ScriptedLLM([4, 2]), embeds, mask, GenerationSettings(max_new_tokens=10), 2)
+    assert len(calls) == 3  # outside the block: no callback

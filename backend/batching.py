@@ -1,0 +1,399 @@
+"""Cross-request batching: one worker thread owns the model, request threads submit regions and wait on a Future.
+
+Why: each gunicorn thread ran the model on its own, queued on the model lock, so eight annotators got little more
+throughput than one, although the model captions 8 regions in one call ~3x faster than one by one.
+
+Flow: `submit(works, kind)` queues one entry per region (a video track is one). The worker takes the oldest entry of
+the first non-empty queue (interactive, then batch) and the entries of that kind with its key (query, generation
+settings), up to BATCH_MAX_SIZE (BULK_BATCH_MAX_SIZE for batch requests); an idle model waits at most
+BATCH_MAX_WAIT_MS after that entry arrived for the batch to fill. Regions of one image are encoded together; the
+batch is ONE call (`describe_batch`; `describe_video` for a track). A submission's `Ticket` (a Future) resolves
+when all its regions are captioned.
+- Interactive first: kinds never share a call, and while a batch-kind call decodes, waiting clicks are captioned
+  between two of its decode steps (`dam_model.generation.between_steps`): a click waits one step, not a
+  200-region request, and the paused call resumes unchanged. (Strict priority: a stream of clicks slows bulk work.)
+- Backpressure: at most QUEUE_MAX_REGIONS regions wait; beyond, submit() raises `Overloaded` (503, retry_after_s
+  from the measured throughput); one submission larger than the whole queue is `TooManyRegions` (413).
+- Deadlines: entries whose deadline passed, or whose Ticket was cancelled (the client is gone), are dropped before
+  they cost model time; `Ticket.wait()` raises `DeadlineExceeded` (504) when the deadline passes first.
+- Hot promotion: `get_model()` is called for every batch: a model swapped between batches serves the next one and
+  nothing fails; each `Captioned` names the version that wrote it.
+- close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dam_model.generation import between_steps
+
+from .errors import BackendError
+
+log = logging.getLogger(__name__)
+
+INTERACTIVE, BATCH = "interactive", "batch"
+KINDS = (INTERACTIVE, BATCH)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class BatchingSettings:
+    """Scheduler settings. Field name == environment variable name, upper-cased (as backend/settings.py)."""
+
+    batch_max_size: int = 8
+    """Most regions of interactive requests (clicks) captioned in one model call: small keeps each click fast."""
+    bulk_batch_max_size: int = 16
+    """Most regions of batch requests (Retrieve predictions) in one call. A click arriving meanwhile waits for its
+    image encoding and prefill, then one decode step: larger is more efficient, smaller keeps clicks fast."""
+    batch_max_wait_ms: float = 2.0
+    """How long an idle model waits after a region arrives for others to join its call (ms). 0: never wait."""
+    queue_max_regions: int = 512
+    """Regions allowed to wait; beyond, /predict answers 503 with Retry-After. A single request with more regions than
+    this is refused with 413 (split the task)."""
+    interactive_deadline_s: float = 100.0
+    """Seconds a click may wait for its captions (Label Studio's default ML_TIMEOUT_PREDICT); then its work is
+    dropped and the request gets 504."""
+    batch_deadline_s: float = 290.0
+    """Seconds a batch request (Retrieve predictions, bulk) may take: below ML_TIMEOUT_PREDICT (300 in this
+    project's compose file; after it nobody reads the answer) and gunicorn's TIMEOUT."""
+
+    def __post_init__(self) -> None:
+        problems = {"BATCH_MAX_SIZE must be >= 1": self.batch_max_size < 1,
+                    "BATCH_MAX_WAIT_MS must be in [0, 1000]": not 0 <= self.batch_max_wait_ms <= 1000,
+                    "BULK_BATCH_MAX_SIZE must be >= 1": self.bulk_batch_max_size < 1,
+                    "QUEUE_MAX_REGIONS must be >= BATCH_MAX_SIZE": self.queue_max_regions < self.batch_max_size,
+                    "INTERACTIVE_DEADLINE_S must be > 0": not self.interactive_deadline_s > 0,
+                    "BATCH_DEADLINE_S must be > 0": not self.batch_deadline_s > 0}
+        wrong = [problem for problem, failed in problems.items() if failed]
+        if wrong:
+            raise ValueError(f"{'; '.join(wrong)} (got {self})")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "BatchingSettings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in (f for f in fields(cls) if env.get(f.name.upper()) is not None):
+            raw = env[f.name.upper()]
+            try:
+                values[f.name] = int(raw) if f.type == "int" else float(raw)
+            except ValueError as exc:
+                raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class Overloaded(BackendError):
+    """The queue is full: answer 503 with `Retry-After: retry_after_s`."""
+    status = 503
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.retry_after_s = int(retry_after_s)
+
+
+class TooManyRegions(BackendError):
+    """One submission holds more regions than the whole queue."""
+    status = 413
+
+
+class DeadlineExceeded(BackendError):
+    """The work was not done before its deadline (or its client went away); it was dropped."""
+    status = 504
+
+
+class SchedulerClosed(BackendError):
+    """The server is shutting down."""
+    status = 503
+
+
+# ------------------------------------------------------------------------------------------------ work
+@dataclass(frozen=True, eq=False)
+class Region:
+    """One region to caption: image HxWx3 uint8 (share one array object for the regions of one image: they are
+    encoded together), mask HxW, query None = the model's default."""
+    image: np.ndarray
+    mask: np.ndarray
+    query: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """One video track: the sampled frames and their masks (see DescribeAnythingModel.describe_video)."""
+    frames: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Decoding options of a submission (greedy by default); part of the batching key."""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 0.5
+    seed: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Captioned:
+    """A caption (dam_model.generation.Caption) and the version of the model that wrote it."""
+    caption: Any
+    model_version: str
+
+
+class Ticket(Future):
+    """Future of one submission: one Captioned per work, in order. cancel() drops its unrun work (client gone)."""
+
+    def __init__(self, kind: str, deadline: float, size: int, submitted_at: float) -> None:
+        super().__init__()
+        self.kind, self.deadline, self.submitted_at = kind, deadline, submitted_at
+        self.captions: list[Captioned | None] = [None] * size
+        self.remaining = size
+
+    def wait(self) -> list[Captioned]:
+        """The captions, or DeadlineExceeded once the deadline passes (the remaining work is then dropped)."""
+        try:
+            return self.result(timeout=max(0.0, self.deadline - time.monotonic()))
+        except TimeoutError:
+            if self.cancel():
+                raise DeadlineExceeded(f"{self.kind} request not captioned within its deadline") from None
+            return self.result()  # finished as the wait ended
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.done():
+            with contextlib.suppress(InvalidStateError):  # cancelled or resolved meanwhile
+                self.set_exception(error)
+
+
+@dataclass(eq=False)
+class _Entry:
+    ticket: Ticket
+    index: int
+    work: Region | Track
+    key: tuple
+    enqueued_at: float
+
+
+# ------------------------------------------------------------------------------------------------ metrics hooks
+class SchedulerObserver:
+    """Metrics hooks, no-ops here (backend/batching_metrics.py records them); called from any thread: keep cheap."""
+
+    def queue_depth(self, kind: str, regions: int) -> None: ...
+    def batch_formed(self, kind: str, size: int, waits_s: Sequence[float]) -> None: ...
+    def completed(self, kind: str, latency_s: float) -> None: ...
+    def rejected(self, kind: str, reason: str) -> None: ...
+    def dropped(self, kind: str, reason: str, regions: int) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------ the scheduler
+class Scheduler:
+    """Batches regions of concurrent requests into model calls on one worker thread (see the module docstring).
+
+    get_model() returns the served model: an object with `.model` (describe_batch or describe, describe_video),
+    `.version` and optionally `.lock` (held around each call), e.g. backend.model_store.LoadedModel via store.get.
+    """
+
+    def __init__(self, get_model: Callable[[], Any], settings: BatchingSettings | None = None,
+                 observer: SchedulerObserver | None = None) -> None:
+        self.get_model = get_model
+        self.settings = settings or BatchingSettings()
+        self.observer = observer or SchedulerObserver()
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[_Entry]] = {kind: deque() for kind in KINDS}
+        self._closing = False
+        self._regions_per_s: float | None = None  # throughput estimate for Retry-After
+        self._worker = threading.Thread(target=self._work, name="dam-batcher", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- request threads
+    def submit(self, works: Sequence[Region | Track], *, kind: str = INTERACTIVE,
+               generation: Generation = Generation(), deadline_s: float | None = None) -> Ticket:
+        """Queue the works; the Ticket resolves to one Captioned per work, in order. Raises Overloaded (queue full),
+        TooManyRegions (more works than the queue holds) or SchedulerClosed."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if deadline_s is None:
+            deadline_s = self.settings.interactive_deadline_s if kind == INTERACTIVE else self.settings.batch_deadline_s
+        now = time.monotonic()
+        ticket = Ticket(kind, now + deadline_s, len(works), now)
+        if not works:
+            ticket.set_result([])
+            return ticket
+        # key: what must match to share a model call; a seeded sampled request only shares with itself (its draws
+        # must not depend on other requests)
+        isolate = id(ticket) if generation.temperature > 0 and generation.seed is not None else None
+        entries = [_Entry(ticket, i, w, (type(w).__name__, w.query, generation, isolate), now)
+                   for i, w in enumerate(works)]
+        limit = self.settings.queue_max_regions
+        with self._cond:
+            if self._closing:
+                raise SchedulerClosed("the server is shutting down; retry on another worker")
+            if len(works) > limit:
+                self.observer.rejected(kind, "too_large")
+                raise TooManyRegions(f"{len(works)} regions in one request exceed QUEUE_MAX_REGIONS={limit}; "
+                                     "send fewer regions per task")
+            self._purge(now)  # expired or cancelled work must not hold places
+            queued = sum(len(queue) for queue in self._queues.values())
+            if queued + len(works) > limit:
+                self.observer.rejected(kind, "queue_full")
+                raise Overloaded(f"{queued} regions are waiting for the model (QUEUE_MAX_REGIONS={limit}); "
+                                 "retry later", self._retry_after(queued))
+            self._queues[kind].extend(entries)
+            self.observer.queue_depth(kind, len(self._queues[kind]))
+            self._cond.notify()
+        return ticket
+
+    def caption(self, works: Sequence[Region | Track], **submit_kwargs: Any) -> list[Captioned]:
+        """submit() then wait for the captions (DeadlineExceeded when the deadline passes first)."""
+        return self.submit(works, **submit_kwargs).wait()
+
+    def close(self, drain: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop accepting work; finish what waits (drain) or fail it with SchedulerClosed. After `timeout` seconds
+        whatever still waits is failed too."""
+        with self._cond:
+            self._closing = True
+            if not drain:
+                self._fail_all("the server is shutting down; the request was not captioned")
+            self._cond.notify_all()
+        self._worker.join(timeout)
+        with self._cond:
+            self._fail_all("the server shut down before this request was captioned")
+
+    # ---------------------------------------------------------------- internals (lock held unless said)
+    def _retry_after(self, queued: int) -> int:
+        rate = self._regions_per_s
+        return int(min(60, max(1, math.ceil(queued / rate)))) if rate else 1
+
+    def _cap(self, kind: str, key: tuple) -> int:
+        if key[0] == "Track":
+            return 1  # describe_video takes one track
+        return self.settings.batch_max_size if kind == INTERACTIVE else self.settings.bulk_batch_max_size
+
+    def _fail_all(self, reason: str) -> None:
+        for kind, queue in self._queues.items():
+            for entry in queue:
+                entry.ticket._fail(SchedulerClosed(reason))
+                self.observer.dropped(kind, "shutdown", 1)
+            queue.clear()
+            self.observer.queue_depth(kind, 0)
+
+    def _purge(self, now: float) -> None:
+        """Drop entries of cancelled, failed or expired submissions before they cost model time."""
+        for kind, queue in self._queues.items():
+            dead = [e for e in queue if e.ticket.done() or now > e.ticket.deadline]
+            for entry in dead:
+                reason = "cancelled" if entry.ticket.cancelled() else "failed" if entry.ticket.done() else "deadline"
+                entry.ticket._fail(DeadlineExceeded(f"{kind} request dropped: its deadline passed while queued"))
+                self.observer.dropped(kind, reason, 1)
+            if dead:
+                self._queues[kind] = deque(e for e in queue if not (e.ticket.done() or now > e.ticket.deadline))
+                self.observer.queue_depth(kind, len(self._queues[kind]))
+
+    def _take(self, kind: str) -> list[_Entry]:
+        """Pop the head of `kind` and the entries with its key, up to the batch size (one track per call)."""
+        key = self._queues[kind][0].key
+        cap = self._cap(kind, key)
+        batch, rest = [], deque()
+        for entry in self._queues[kind]:
+            (batch if entry.key == key and len(batch) < cap else rest).append(entry)
+        self._queues[kind] = rest
+        self.observer.queue_depth(kind, len(rest))
+        return batch
+
+    def _next_batch(self) -> list[_Entry] | None:
+        max_wait = self.settings.batch_max_wait_ms / 1000.0
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                self._purge(now)
+                kind = next((k for k in KINDS if self._queues[k]), None)
+                if kind is None:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                head = self._queues[kind][0]
+                ready = sum(1 for e in self._queues[kind] if e.key == head.key)
+                wait_left = head.enqueued_at + max_wait - now
+                if ready >= self._cap(kind, head.key) or wait_left <= 0 or self._closing:
+                    return self._take(kind)
+                self._cond.wait(wait_left)
+
+    # ---------------------------------------------------------------- the worker thread
+    def _work(self) -> None:
+        while True:
+            try:
+                if (batch := self._next_batch()) is None:
+                    return
+                self._run(batch)
+            except BaseException:  # noqa: BLE001 - the worker must outlive any one batch (_run fails its tickets)
+                log.exception("batching worker: unexpected error")
+
+    def _run(self, batch: list[_Entry], served: Any = None) -> None:
+        kind, started = batch[0].ticket.kind, time.monotonic()
+        try:
+            self.observer.batch_formed(kind, len(batch), [started - e.enqueued_at for e in batch])
+            nested = served is not None  # a click served between decode steps: the lock is already held
+            served = served if nested else self.get_model()
+            captions = self._call(served, batch, hold_lock=not nested, preemptible=kind == BATCH and not nested)
+            if len(captions) != len(batch):
+                raise BackendError(f"model returned {len(captions)} captions for {len(batch)} regions")
+        except BaseException as error:  # noqa: BLE001 - every waiting request gets the error, none waits forever
+            for entry in batch:
+                entry.ticket._fail(error)
+            return
+        done_at = time.monotonic()
+        rate = len(batch) / max(done_at - started, 1e-6)
+        self._regions_per_s = rate if self._regions_per_s is None else 0.8 * self._regions_per_s + 0.2 * rate
+        for entry, caption in zip(batch, captions):
+            ticket = entry.ticket
+            if ticket.done():
+                continue
+            ticket.captions[entry.index] = Captioned(caption, str(served.version))
+            ticket.remaining -= 1
+            if ticket.remaining == 0:
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    ticket.set_result(list(ticket.captions))
+                    self.observer.completed(kind, done_at - ticket.submitted_at)
+
+    def _call(self, served: Any, batch: list[_Entry], hold_lock: bool, preemptible: bool) -> list[Any]:
+        model, first = served.model, batch[0]
+        gen = first.key[2].kwargs()
+        lock = getattr(served, "lock", None) if hold_lock else None
+        hook = (lambda: self._serve_clicks(served)) if preemptible else None
+        with lock or contextlib.nullcontext(), between_steps(hook):
+            if isinstance(first.work, Track):
+                return [model.describe_video(first.work.frames, first.work.masks, query=first.work.query, **gen)]
+            images: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+            for entry in batch:  # regions of one image are encoded together
+                images.setdefault(id(entry.work.image), (entry.work.image, []))[1].append(entry.work.mask)
+            groups = list(images.values())
+            if hasattr(model, "describe_batch"):
+                per_image = model.describe_batch(groups, query=first.work.query, **gen)
+            else:  # a model without describe_batch (test fakes, wrappers): one call per image
+                per_image = [model.describe(image, masks, query=first.work.query, **gen) for image, masks in groups]
+        per_image = {id(image): iter(caps) for (image, _), caps in zip(groups, per_image)}
+        return [next(per_image[id(entry.work.image)]) for entry in batch]  # entries of an image kept their order
+
+    def _serve_clicks(self, served: Any) -> None:
+        """Between two decode steps of a batch-kind batch: caption every waiting interactive entry now."""
+        while self._queues[INTERACTIVE]:  # unlocked peek; the locked take below decides
+            with self._cond:
+                self._purge(time.monotonic())
+                if not self._queues[INTERACTIVE]:
+                    return
+                batch = self._take(INTERACTIVE)
+            self._run(batch, served=served)
