@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from locust import HttpUser, between, task
 
-from backend.rle import encode_rle
+from ls_io.rle import encode_rle
 
 HERE = Path(__file__).resolve().parent
 IMAGE_URL = os.environ.get("DAM_IMAGE_URL", "")
