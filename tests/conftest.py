@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from fake_label_studio import FakeLabelStudio, png_bytes, scene
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -110,3 +112,27 @@ def moto_endpoint() -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def fake_ls():
+    """Factory of fake Label Studio servers (media routes, token refresh), closed after the test."""
+    servers: list[FakeLabelStudio] = []
+
+    def start(**kw) -> FakeLabelStudio:
+        server = FakeLabelStudio(**kw)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def media_root(tmp_path) -> Path:
+    """A LOCAL_FILES_ROOT holding images/img1.png."""
+    root = tmp_path / "media"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "img1.png").write_bytes(png_bytes(scene()))
+    return root

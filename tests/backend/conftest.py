@@ -3,42 +3,17 @@ disk. The tiny random DAM is the
 session fixture `random_dam_dir` of tests/conftest.py."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from bk_helpers import FakeDAM, FakeLabelStudio, FakeSegmenter, png_bytes, scene
+from backend.settings import Settings
+from bk_helpers import FakeDAM, FakeSegmenter
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture
-def fake_ls():
-    servers: list[FakeLabelStudio] = []
-
-    def start(**kw) -> FakeLabelStudio:
-        s = FakeLabelStudio(**kw)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
-
-
-@pytest.fixture
-def media_root(tmp_path) -> Path:
-    root = tmp_path / "media"
-    (root / "images").mkdir(parents=True)
-    (root / "images" / "img1.png").write_bytes(png_bytes(scene()))
-    return root
-
-
-@pytest.fixture
 def make_settings(tmp_path, media_root):
-    from backend.settings import Settings
-
     def build(**overrides):
         base = dict(
             local_files_root=str(media_root),
