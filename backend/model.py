@@ -21,12 +21,12 @@ import numpy as np
 
 from dam_model.segmentation import MaskPrediction, sample_frames
 from ls_io import results as R
-from ls_io.errors import RLEError, StatusError
+from ls_io.errors import StatusError
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.media import MediaFetcher
-from ls_io.regions import (BRUSH_TYPES, GEOMETRY_TYPES, KEYPOINT_TYPES, POLYGON_TYPES, RECTANGLE_TYPES, TRACK_TYPES,
-                           keypoint_pixel, labels_of, rasterize, rectangle_box, region_type)
-from ls_io.rle import decode_rle
+from ls_io.regions import (BRUSH_TYPES, KEYPOINT_TYPES, RECTANGLE_TYPES, TRACK_TYPES, keypoint_pixel, labels_of,
+                           rasterize, rectangle_box, region_type)
+from ls_io.tasks import collect_regions, image_regions, region_mask
 from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
 from ls_io.video_io import decode_video
 
@@ -179,37 +179,8 @@ class DAMBackend:
             raise ModelUnavailable(f"segmenter unavailable: {exc}") from None
 
     def _mask_of(self, item: dict[str, Any], image: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """(mask HxW bool, mask score or None) of an existing region item."""
-        height, width = image.shape[:2]
-        kind = region_type(item)
-        value = item.get("value") or {}
-        if kind in BRUSH_TYPES:
-            ow, oh = item.get("original_width"), item.get("original_height")
-            if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
-                raise Unprocessable(f"brush region {item.get('id')} has no RLE list")
-            if (ow, oh) != (width, height):
-                raise Unprocessable(f"brush region {item.get('id')} is {ow}x{oh} but the image is {width}x{height}")
-            try:
-                return decode_rle(value["rle"], height, width) > 0, None
-            except RLEError as exc:
-                raise Unprocessable(f"brush region {item.get('id')}: {exc}") from None
-        if kind in POLYGON_TYPES:
-            return rasterize(item, height, width) > 0, None
-        if kind in RECTANGLE_TYPES:
-            box = rectangle_box(value, width, height)
-            seg = self._segmenter()
-            if seg is None:
-                return rasterize(item, height, width) > 0, None
-            pred = seg.predict(image, box=box)
-            return np.asarray(pred.mask, dtype=bool), float(pred.score)
-        if kind in KEYPOINT_TYPES:
-            seg = self._segmenter()
-            if seg is None:
-                raise Unprocessable("keypoint regions need a segmenter (SEGMENTER=sam2 or color)")
-            pt = keypoint_pixel(value, width, height)
-            pred = seg.predict(image, points=np.array([pt], dtype=np.float32), labels=np.array([1], dtype=np.int32))
-            return np.asarray(pred.mask, dtype=bool), float(pred.score)
-        raise Unprocessable(f"unsupported region type {kind!r}")
+        """(mask HxW bool, mask score or None) of an existing region item (ls_io.tasks: the job reads it the same way)."""
+        return region_mask(item, image, self._segmenter)
 
     # --- interactive
     def _interactive(self, task: dict[str, Any], ctx: list[dict[str, Any]], cfg: ParsedConfig,
@@ -292,36 +263,13 @@ class DAMBackend:
         return matching or [cfg.brush.labels[0]]
 
     # --- batch
-    @staticmethod
-    def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
-        """Geometry items already present in a task, first occurrence of each id wins:
-        annotations, then drafts, then predictions, then task.data["regions"] (region data imported with the task)."""
-        seen: dict[str, dict[str, Any]] = {}
-        sources: list[Any] = []
-        for key in ("annotations", "drafts", "predictions"):
-            for entry in task.get(key) or []:
-                if isinstance(entry, dict) and not entry.get("was_cancelled"):
-                    sources.append(entry.get("result") or [])
-        data = task.get("data")
-        if isinstance(data, dict) and isinstance(data.get("regions"), list):
-            sources.append(data["regions"])
-        for result in sources:
-            if not isinstance(result, list):
-                continue
-            for item in result:
-                if not isinstance(item, dict) or region_type(item) not in GEOMETRY_TYPES:
-                    continue
-                rid = str(item.get("id") or "")
-                if rid and rid in seen:
-                    continue
-                seen[rid or R.new_region_id()] = item
-        return list(seen.values())
+    # The job (dam_preannotate) reads a task's regions with the same ls_io.tasks function.
+    collect_regions = staticmethod(collect_regions)
 
     def _batch_task(self, task: dict[str, Any], cfg: ParsedConfig, loaded: LoadedModel) -> dict[str, Any]:
         if cfg.is_video:
             return self._video_task(task, cfg, loaded)
-        regions = [r for r in self.collect_regions(task) if region_type(r) not in TRACK_TYPES
-                   and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+        regions = image_regions(task, cfg.obj.name)
         if not regions and self.settings.no_region_mode == "skip":
             return R.prediction([], [], loaded.version)
         image = self._image(task, cfg)
