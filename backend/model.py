@@ -19,6 +19,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from dam_model.prompt import category_query
 from dam_model.segmentation import MaskPrediction, sample_frames
 from ls_io import results as R
 from ls_io.errors import StatusError
@@ -37,7 +38,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY = "<image>\nDescribe the masked region in detail."
 TRAINING_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED",
                    "ANNOTATIONS_CREATED", "START_TRAINING"}
 
@@ -143,11 +143,7 @@ class DAMBackend:
     def category_query(model: Any, label: str) -> str:
         """The model's own image query with the label spliced in:
         "<image>\nDescribe the masked region (a {label}) in detail." for DAM-3B."""
-        base = getattr(getattr(model, "config", None), "image_query", None) or DEFAULT_QUERY
-        label = " ".join(str(label).split())[:64]
-        if "the masked region" in base:
-            return base.replace("the masked region", f"the masked region (a {label})", 1)
-        return base.rstrip() + f" The region is a {label}."
+        return category_query(getattr(getattr(model, "config", None), "image_query", None), label)
 
     def _describe(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray],
                   queries: list[str | None]) -> list[Any]:
