@@ -58,7 +58,7 @@ class JobConfig:
     sam2_checkpoint: str = _opt("", "SAM 2 checkpoint (.pt).")
     torch_num_threads: int = _opt(0, "CPU threads for torch (0: torch's default).")
     # --- throughput
-    batch_regions: int = _opt(16, "Regions per generate call, gathered across tasks (fill the accelerator).",
+    batch_regions: int = _opt(32, "Regions per generate call, gathered across tasks (fill the accelerator).",
                               env="PREANNOTATE_BATCH_REGIONS")
     post_batch: int = _opt(50, "Tasks per predictions import request.", env="PREANNOTATE_POST_BATCH")
     fetch_workers: int = _opt(8, "Concurrent media downloads.", env="PREANNOTATE_FETCH_WORKERS")

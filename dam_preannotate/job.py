@@ -95,43 +95,56 @@ class Run:
         started = time.monotonic()
         shard = self.parts.shard
         with Journal(self.folder, shard.rank) as journal:
-            journal.write("start", rank=shard.rank, world=shard.world, model_version=self.version)
             self.journal = journal
-            self.poster = PredictionPoster(self.ls, self.cfg.project, journal, self.cfg.post_batch, self.summary)
-            finished_earlier = replay(self.folder).done
-            self._settle_open()  # a killed run's unanswered imports, before anything is recomputed
-            done = replay(self.folder).done  # now with the ones reconcile found stored (counted as recovered)
-            todo = []
-            for task_id in self._selection():
-                if not shard.owns(task_id):
-                    continue
-                self.summary.selected += 1
-                if task_id in finished_earlier:
-                    self.summary.skipped_journal += 1
-                elif task_id not in done:
-                    todo.append(task_id)
-            self.parts.barrier()  # every rank listed its ids before any rank posts (a view may filter on predictions)
-            log.info("rank %d/%d: %d tasks selected, %d finished earlier, %d to do with %s", shard.rank, shard.world,
-                     self.summary.selected, self.summary.skipped_journal, len(todo), self.version)
+            journal.write("start", rank=shard.rank, world=shard.world, model_version=self.version)
+            todo = self._plan()
             self.progress = Progress(len(todo), self.summary, shard.rank, self.cfg.progress)
+            self.poster = PredictionPoster(self.ls, self.cfg.project, journal, self.cfg.post_batch, self.summary)
             try:
-                self._process(todo)
-                for _ in range(MAX_EXTRA_PASSES):
-                    again = self._settle_open()
-                    if not again:
-                        break
-                    self.progress.add_total(len(again))
-                    self._process(sorted(again))
-                state = replay(self.folder)
-                sweep(self.ls, journal, self.version, {t: m for t, m in state.unswept.items() if shard.owns(t)},
-                      self.cfg.settle_seconds, self.summary)
+                self._work(todo)
             finally:
                 self.progress.close()
+                self.poster.close()
             self.summary.model_calls = self.batcher.calls
             self.summary.seconds = time.monotonic() - started
             write_failed_file(self.failed_file, self.summary.failed)
             journal.write("end", summary=summary_record(self.summary))
         return self.summary
+
+    def _plan(self) -> list[int]:
+        """Settle what a killed run left open, then this shard's task ids that still need the model."""
+        shard = self.parts.shard
+        finished_earlier = replay(self.folder).done
+        self._settle_open()  # a killed run's unanswered imports, before anything is recomputed
+        done = replay(self.folder).done  # now with the ones reconcile found stored (counted as recovered)
+        todo = []
+        for task_id in self._selection():
+            if not shard.owns(task_id):
+                continue
+            self.summary.selected += 1
+            if task_id in finished_earlier:
+                self.summary.skipped_journal += 1
+            elif task_id not in done:
+                todo.append(task_id)
+        self.parts.barrier()  # every rank listed its ids before any rank posts (a view may filter on predictions)
+        log.info("rank %d/%d: %d tasks selected, %d finished earlier, %d to do with %s", shard.rank, shard.world,
+                 self.summary.selected, self.summary.skipped_journal, len(todo), self.version)
+        return todo
+
+    def _work(self, todo: list[int]) -> None:
+        """Caption and import `todo`; settle unanswered imports (computing again what they did not store); then
+        remove late copies once they had time to land."""
+        self._process(todo)
+        for _ in range(MAX_EXTRA_PASSES):
+            again = self._settle_open()
+            if not again:
+                break
+            self.progress.add_total(len(again))
+            self._process(sorted(again))
+        state = replay(self.folder)
+        sweep(self.ls, self.journal, self.version,
+              {t: m for t, m in state.unswept.items() if self.parts.shard.owns(t)}, self.cfg.settle_seconds,
+              self.summary)
 
     @property
     def failed_file(self) -> Path:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ def new_batch_id() -> str:
 
 
 class Journal:
-    """This rank's journal file, opened for appending. Not thread-safe: one writer (the job's main thread)."""
+    """This rank's journal file, opened for appending; writes are serialised (the job and its poster thread)."""
 
     def __init__(self, folder: Path, rank: int, run_id: str | None = None) -> None:
         self.path = journal_path(folder, rank)
@@ -51,14 +52,17 @@ class Journal:
         self.run_id = run_id or uuid.uuid4().hex
         _drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._lock = threading.Lock()
         _fsync_dir(self.path.parent)  # the file's directory entry survives a crash too
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record and fsync it: when this returns, the record survives a kill -9 or a power cut."""
         record = {"event": event, "run": self.run_id, "time": round(time.time(), 3), **fields}
-        self._file.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
         return record
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ See journal.py for the protocol as a whole.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -26,25 +28,58 @@ class LabelStudioUnavailable(RuntimeError):
 
 
 class PredictionPoster:
-    """Collects finished tasks and imports them in bulk."""
+    """Collects finished tasks and imports them in bulk from one background thread, so that Label Studio's time
+    to store a batch overlaps the model's next batches. At most `max_queued` full batches wait; a failure of the
+    thread (Label Studio down, or a crash in tests) is raised in the caller at its next add() or flush(), and no
+    batch is sent after it."""
 
     def __init__(self, ls: LabelStudioClient, project: int, journal: Journal, post_batch: int,
-                 summary: Summary) -> None:
+                 summary: Summary, max_queued: int = 2) -> None:
         self.ls, self.project, self.journal, self.summary = ls, project, journal, summary
         self.post_batch = post_batch
         self.pending: list[tuple[int, dict[str, Any], list[int]]] = []
         self.unanswered = 0
-        self.open_batches = 0  # sent in this run without an answer
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.thread = threading.Thread(target=self._work, name="poster", daemon=True)
+        self.thread.start()
 
     def add(self, task_id: int, prediction: dict[str, Any], replace: list[int]) -> None:
+        self._raise_error()
         self.pending.append((task_id, prediction, list(replace)))
         if len(self.pending) >= self.post_batch:
-            self.flush()
+            entries, self.pending = self.pending, []
+            self.queue.put(entries)
 
     def flush(self) -> None:
+        """Send what is pending and wait until every queued batch is answered (or left open)."""
         entries, self.pending = self.pending, []
         if entries:
-            self._send(entries)
+            self.queue.put(entries)
+        self.queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Stop the thread (pending entries are not sent: call flush() first to send them)."""
+        self.queue.put(None)
+        self.thread.join()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _work(self) -> None:
+        while True:
+            entries = self.queue.get()
+            try:
+                if entries is None:
+                    return
+                if self.error is None:  # after a failure nothing more is sent: those tasks stay unjournaled
+                    self._send(entries)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
 
     def _send(self, entries: list[tuple[int, dict[str, Any], list[int]]]) -> None:
         batch = new_batch_id()
@@ -68,7 +103,6 @@ class PredictionPoster:
             return
         except (ImportUncertain, OSError, Exception) as exc:  # noqa: BLE001 - any lost answer: the intent stays open
             self.unanswered += 1
-            self.open_batches += 1
             log.warning("import of %d tasks got no answer (%s: %s); it is checked against Label Studio later",
                         len(entries), type(exc).__name__, exc)
             if self.unanswered >= MAX_UNANSWERED_IN_A_ROW:
