@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,9 @@ def test_the_job_names_its_model_as_the_backend_does(tmp_path, random_dam_dir):
     assert choose_model(job).source == str(version)
     assert choose_model(parse(["--model", str(version)])).version == "v-2024-01-01"
     assert choose_model(parse(["--model", str(random_dam_dir)])).version.startswith("dam-")
+
+
+def test_the_readme_documents_every_variable_of_the_job():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [env_name(f.name) for f in fields(JobConfig) if f"`{env_name(f.name)}`" not in readme]
+    assert not missing, f"README.md lacks {missing}"
