@@ -30,17 +30,23 @@ def posted(records: list[dict], run: str | None = None) -> set[int]:
             for t in r["tasks"]}
 
 
-def wait_for_posted(journal: Path, process: subprocess.Popen, at_least: int, timeout: float) -> int:
-    """Poll the journal until `at_least` tasks are posted (the job is then mid-run)."""
+def wait_for_kill_point(journal: Path, process: subprocess.Popen, at_least: int, at_most: int,
+                        timeout: float) -> int:
+    """Poll the journal until `at_least` tasks are posted AND an import is in flight (an intent without its
+    answer: the window between "sent to Label Studio" and "journaled as posted"); past `at_most` posted tasks, any
+    moment will do. Returns the number of tasks posted then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the job finished before it could be killed"
         files = list(journal.rglob("journal-rank0.jsonl"))
         if files:
-            count = len(posted(read_records(files[0].parent)))
-            if count >= at_least:
+            records = read_records(files[0].parent)
+            count = len(posted(records))
+            answered = {r["batch"] for r in records if r["event"] == "posted"}
+            in_flight = any(r["event"] == "intent" and r["batch"] not in answered for r in records)
+            if (count >= at_least and in_flight) or count >= at_most:
                 return count
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"fewer than {at_least} tasks posted after {timeout} s")
 
 
@@ -63,7 +69,7 @@ def test_a_killed_job_restarts_to_exactly_one_prediction_per_task(stack, trained
         with open(logs, "wb") as log:
             first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                killed_at = wait_for_posted(journal, first, at_least=30, timeout=180)
+                killed_at = wait_for_kill_point(journal, first, at_least=30, at_most=120, timeout=180)
             finally:
                 first.send_signal(signal.SIGKILL)
                 first.wait(timeout=30)
@@ -85,6 +91,10 @@ def test_a_killed_job_restarts_to_exactly_one_prediction_per_task(stack, trained
     assert len(runs) == 2
     finished_first = posted(records, runs[0])
     assert len(finished_first) >= killed_at and len(finished_first) < N_TASKS
+    answered = {r["batch"] for r in records if r["event"] == "posted"}
+    unanswered = {r["batch"] for r in records if r["event"] == "intent" and r["run"] == runs[0]} - answered
+    reconciled = {r["batch"] for r in records if r["event"] == "reconciled" and r["run"] == runs[1]}
+    assert unanswered == reconciled, "an import killed in flight must be checked against Label Studio on restart"
     recovered = {t for r in records if r["event"] == "reconciled" for t in r["found"]}
     recomputed = {t for r in records if r["event"] == "intent" and r["run"] == runs[1] for t in r["tasks"]}
     assert not recomputed & (finished_first | recovered), "a finished task was computed again"
