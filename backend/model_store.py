@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dam_model.segmentation import RegionGrowSegmenter, Sam2Segmenter
-from dam_model.versions import POINTER_NAME, VERSIONS_DIR, parse_pointer
+from dam_model.versions import POINTER_NAME, VERSIONS_DIR, folder_version, parse_pointer, read_local_pointer
 
 from .errors import ModelUnavailable
 from .s3_models import ModelSourceError, S3Models
@@ -75,24 +75,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device.startswith("cuda") else "float32"
-
-
-def folder_version(name: str, source: str) -> str:
-    """"<name>-<8 hex>": hash of config.json + weight index (file names and sizes), or of the hub id."""
-    folder = Path(source)
-    digest = hashlib.sha256()
-    if folder.is_dir():
-        for item in sorted(folder.rglob("*")):
-            if not item.is_file():
-                continue
-            rel = item.relative_to(folder).as_posix()
-            if item.suffix == ".json" or item.name.endswith(".index.json"):
-                digest.update(rel.encode() + b"\0" + item.read_bytes())
-            elif item.suffix in {".safetensors", ".bin", ".model"}:
-                digest.update(f"{rel}\0{item.stat().st_size}\0{int(item.stat().st_mtime)}".encode())
-    else:
-        digest.update(source.encode())
-    return f"{name}-{digest.hexdigest()[:8]}"
 
 
 def default_loader(source: str, device: str, dtype: str) -> Any:
@@ -147,14 +129,11 @@ class ModelStore:
             self._last_spec = spec
             return (digest,), spec
         path = self.pointer_path
-        if path is None or not path.is_file():
+        read = read_local_pointer(path.parent) if path is not None else None  # the job resolves it the same way
+        if read is None:
             return None
-        raw = path.read_bytes()
+        version, folder, raw = read
         sig = (path.stat().st_mtime_ns, hashlib.sha256(raw).hexdigest())
-        version, rel = parse_pointer(json.loads(raw), str(path))
-        folder = Path(rel)
-        if not folder.is_absolute():
-            folder = path.parent / folder
         return sig, ModelSpec(version=version, source=str(folder))
 
     def _default_spec(self) -> ModelSpec:

@@ -15,11 +15,22 @@ SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence a
                  "helpful, detailed, and polite answers to the user's questions.")
 USER_ROLE, ASSISTANT_ROLE = "USER", "ASSISTANT"
 STOP_STRING = "</s>"
+DEFAULT_IMAGE_QUERY = "<image>\nDescribe the masked region in detail."  # DAM-3B's image query
 
 
 def build_prompt(query: str) -> str:
     """vicuna_v1 prompt for one user turn awaiting the assistant's answer (`query` holds the <image> placeholders)."""
     return f"{SYSTEM_PROMPT} {USER_ROLE}: {query} {ASSISTANT_ROLE}:"
+
+
+def category_query(image_query: str | None, label: str) -> str:
+    """A model's image query with a region's label spliced in (CATEGORY_HINT): "<image>\nDescribe the masked region
+    (a {label}) in detail." for DAM-3B's query. The server and the bulk job both ask this way."""
+    base = image_query or DEFAULT_IMAGE_QUERY
+    label = " ".join(str(label).split())[:64]
+    if "the masked region" in base:
+        return base.replace("the masked region", f"the masked region (a {label})", 1)
+    return base.rstrip() + f" The region is a {label}."
 
 
 def tokenize_prompt(tokenizer, prompt: str) -> list[int]:

@@ -6,12 +6,19 @@ A models root is a local folder or ``s3://bucket/prefix``; under it::
                             finished upload); never modified once written
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"}
 
-Pure (no I/O, no boto3): it lives in the model package so that the writer and the reader can share it without
-importing each other.
+Also the one rule for WHICH version a local models root serves and under what name (`served_model`,
+`folder_version`): the backend's model store and the bulk pre-annotation job both call it, so the model_version
+the job stores is exactly the one the backend reports (Label Studio skips tasks by that string).
+
+No boto3, no network: it lives in the model package so that the writer and the readers can share it without
+importing each other (an s3:// root is the backend's business: backend/s3_models.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 POINTER_NAME = "current.json"
@@ -46,3 +53,44 @@ def parse_pointer(data: Any, where: str) -> tuple[str, str]:
     if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(data.get("path"), str):
         raise ValueError(f"{where} needs string 'version' and 'path'")
     return data["version"], data["path"]
+
+
+def folder_version(name: str, source: str) -> str:
+    """"<name>-<8 hex>": hash of a model folder's json files and weight files (names, sizes, mtimes), or of the
+    hub id when `source` is not a local folder. The version of a model served without a promotion pointer."""
+    folder = Path(source)
+    digest = hashlib.sha256()
+    if folder.is_dir():
+        for item in sorted(folder.rglob("*")):
+            if not item.is_file():
+                continue
+            rel = item.relative_to(folder).as_posix()
+            if item.suffix == ".json" or item.name.endswith(".index.json"):
+                digest.update(rel.encode() + b"\0" + item.read_bytes())
+            elif item.suffix in {".safetensors", ".bin", ".model"}:
+                digest.update(f"{rel}\0{item.stat().st_size}\0{int(item.stat().st_mtime)}".encode())
+    else:
+        digest.update(source.encode())
+    return f"{name}-{digest.hexdigest()[:8]}"
+
+
+def read_local_pointer(root: str | Path) -> tuple[str, Path, bytes] | None:
+    """(version, version folder, raw bytes) of `<root>/current.json`, or None when it is absent. ValueError when
+    malformed, OSError when unreadable. A relative pointer path is taken from the root."""
+    path = Path(root) / POINTER_NAME
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    version, rel = parse_pointer(json.loads(raw), str(path))
+    folder = Path(rel)
+    return version, folder if folder.is_absolute() else path.parent / folder, raw
+
+
+def served_model(models_root: str, default_source: str, model_name: str) -> tuple[str, str]:
+    """(model_version, source) a backend with MODELS_ROOT=`models_root` (local or empty), DAM_MODEL=`default_source`
+    and MODEL_NAME=`model_name` serves: the promoted version when current.json exists, else the default model under
+    its folder_version. Errors reading the pointer propagate (the caller decides whether to fall back)."""
+    pointer = read_local_pointer(models_root) if models_root and not is_s3_url(models_root) else None
+    if pointer is not None:
+        return pointer[0], str(pointer[1])
+    return folder_version(model_name, default_source), default_source
