@@ -101,7 +101,7 @@ def test_no_installed_package_named_scripts():
     assert not (ROOT / "scripts" / "__init__.py").exists()
     for name, target in config["project"]["scripts"].items():
         module, _, function = target.partition(":")
-        assert module.split(".")[0] in ("dam_loop", "dam_tools") and function == "main", (name, target)
+        assert module.split(".")[0] in ("dam_loop", "dam_tools", "dam_preannotate") and function == "main", (name, target)
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), (name, target)
 
 
