@@ -174,3 +174,10 @@ def test_no_function_local_imports_in_the_loop_and_tools():
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(func)
                               if isinstance(node, (ast.Import, ast.ImportFrom)) and "deferred" not in lines[node.lineno - 1]]
     assert not offenders, offenders
+
+
+def test_preannotation_job_shares_only_the_model_and_the_format():
+    """The bulk job captions like the server because both import dam_model and ls_io, never each other."""
+    offenders = [f"{path.relative_to(ROOT)}: {name}" for path in source_files("dam_preannotate")
+                 for name in imported_modules(path) if name.split(".")[0] in ("backend", "dam_loop", "dam_tools", "scripts")]
+    assert not offenders, offenders
