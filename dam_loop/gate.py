@@ -309,3 +309,39 @@ def dlc_region_scores(per_sample: Sequence[Mapping[str, Any]], role: str) -> dic
             raise ValueError(f"region id {sample['id']!r} appears twice in per_sample")
         scores[sample["id"]] = (float(judged["positive"]) + float(judged["negative"])) / 2
     return scores
+
+
+# ----------------------------------------------------------------------------------------------- the evaluate step's scores
+REGION_SCORE = "dlc region average where the region has attributes, else 1 - word edit effort"
+
+
+def region_score(judged: Mapping[str, Any]) -> float:
+    """The gate's score of one region for one model (a ``per_sample`` role dict of the evaluate step): the DLC-style
+    region average when the judge ran on it, else 1 - word edit effort against the human caption (CIDEr, the
+    evaluate step's score without attributes, is a corpus metric: it has no per-region value)."""
+    dlc = judged.get("dlc")
+    if dlc is not None:
+        return (float(dlc["positive"]) + float(dlc["negative"])) / 2
+    return 1.0 - float(judged["edit_effort"])
+
+
+def region_scores(per_sample: Sequence[Mapping[str, Any]], role: str) -> dict[str, float]:
+    """{region id: region_score} of one model ("champion" or "candidate") over a per_sample list."""
+    scores: dict[str, float] = {}
+    for sample in per_sample:
+        if sample["id"] in scores:
+            raise ValueError(f"region id {sample['id']!r} appears twice in per_sample")
+        scores[sample["id"]] = region_score(sample[role])
+    return scores
+
+
+def decide_from_metrics(metrics: Mapping[str, Any], settings: GateSettings = GateSettings()) -> GateDecision:
+    """decide() on the evaluate step's metrics.json: its ``region_scores`` of the validation split and, when
+    evaluated, of the regression set."""
+    scores = metrics.get("region_scores")
+    if not scores or "val" not in scores:
+        raise ValueError("metrics have no per-region scores (region_scores): re-run the evaluate step")
+    regression = scores.get("regression") or {}
+    return decide(scores["val"]["champion"], scores["val"]["candidate"],
+                  regression_champion=regression.get("champion"), regression_candidate=regression.get("candidate"),
+                  settings=settings)
