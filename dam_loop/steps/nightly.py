@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_source_args(parser)
     g = parser.add_argument_group("loop")
     build.add_build_args(g)
-    g.add_argument("--pseudo-label", action=argparse.BooleanOptionalAction, default=env_bool("PSEUDO_LABEL", True),
-                   help="run the pseudo-labelling stage (env PSEUDO_LABEL; default on)")
+    # Off by default: the ablation (dam_tools.pseudo_ablation) measured no gain whose interval clears 0.
+    g.add_argument("--pseudo-label", action=argparse.BooleanOptionalAction, default=env_bool("PSEUDO_LABEL", False),
+                   help="run the pseudo-labelling stage (env PSEUDO_LABEL; default off, see README 'Measured')")
     g.add_argument("--train-launcher", default=env_default("TRAIN_LAUNCHER", ""),
                    help='command prefix for training, e.g. "accelerate launch" (env TRAIN_LAUNCHER; default: this Python)')
     g.add_argument("--force", action="store_true", help="run even when nothing is new since the last completed run")

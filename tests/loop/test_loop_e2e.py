@@ -64,8 +64,8 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     work, models = Path(loop_env["LOOP_WORK_ROOT"]), Path(loop_env["MODELS_ROOT"])
 
     # Round 1: promoted (--force-promote: a bootstrap round from a random model on a few regions must promote).
-    first = nightly(loop_env, "--max-steps", "2", "--force-promote", "--min-logprob", "-1000", "--max-fraction", "0.5",
-                    "--version", "v1")
+    first = nightly(loop_env, "--max-steps", "2", "--force-promote", "--pseudo-label", "--min-logprob", "-1000",
+                    "--max-fraction", "0.5", "--version", "v1")
     assert first.returncode == 0, first.stderr[-3000:]
     pointer = read_json(models / "current.json")
     assert pointer["version"] == "v1" and pointer["previous"] is None and pointer["metrics"]["score_name"] == "dlc_average"

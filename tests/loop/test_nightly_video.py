@@ -91,7 +91,7 @@ def test_nightly_round_on_video_only_data(tmp_path, admin_s3, bucket, video_expo
     work, models = Path(loop_env["LOOP_WORK_ROOT"]), Path(loop_env["MODELS_ROOT"])
     n_tracks = sum(len(v.objects) for v in _videos(71, 6).values())
 
-    run = nightly(loop_env, "--max-steps", "2", "--force-promote", "--version", "v1")
+    run = nightly(loop_env, "--max-steps", "2", "--force-promote", "--pseudo-label", "--version", "v1")
     assert run.returncode == EXIT_PROMOTED, run.stdout[-2000:] + run.stderr[-3000:]
     summary = last_summary(work)
     assert summary["exit_code"] == EXIT_PROMOTED
