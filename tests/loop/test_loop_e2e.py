@@ -115,7 +115,8 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     assert bucket_bytes(admin_s3, bucket) == before
 
     # The gate decided (forced past it: a few validation regions cannot show an improvement) and said why.
-    gate = read_json(models / "current.json")["gate"]
+    history = [json.loads(line) for line in (models / "history.jsonl").read_text().splitlines()]
+    gate = next(p for p in history if p["version"] == "v2" and not p.get("rollback"))["gate"]
     assert gate["forced"] is True and gate["outcome"] == "too_few_regions" and "min_val_regions" in gate["reason"]
     assert read_json(models / "versions" / "v2" / "provenance.json")["gate"] == gate
 
