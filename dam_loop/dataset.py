@@ -5,7 +5,8 @@
     samples.jsonl        one human-captioned IMAGE region per line (``kind: "image"``): id, image, mask (paths
                          relative to the folder), caption, category, labels, split ("train" | "val"), task_id,
                          annotation_id, region_id, updated_at, source="human", width, height, key, attributes (when
-                         the task has them)
+                         the task has them), object_snapshot (the pull snapshot that downloaded the export object:
+                         this dataset's snapshot id = tonight's data, another = an earlier night's; video rows too)
     unlabeled.jsonl      image regions without a caption (pseudo-labelling candidates), same fields minus caption
     pseudo.jsonl         pseudo-labelled image regions (source="pseudo", split "train"), written by pseudo_label
     video_samples.jsonl  one human-captioned VIDEO track per line (``kind: "video"``): frames and masks (one path per

@@ -216,18 +216,23 @@ def decision_section(decision: Mapping[str, Any]) -> str:
             f"</section>")
 
 
-def kpi_section(kpis: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ("<tr><th>night</th><th>regions</th><th>accepted</th><th>edited</th><th>deleted</th><th>new</th>"
-              "<th>acceptance rate</th><th>mean edit distance</th></tr>")
+def kpi_table(kpis: Mapping[str, Mapping[str, Any]], first: str) -> str:
+    header = (f"<tr><th>{html.escape(first)}</th><th>regions</th><th>accepted</th><th>edited</th><th>deleted</th>"
+              "<th>new</th><th>acceptance rate</th><th>mean edit distance</th></tr>")
     rows = "".join(
-        f"<tr><td>{html.escape(night)}</td><td>{k['regions']}</td><td>{k['accepted']}</td><td>{k['edited']}</td>"
+        f"<tr><td>{html.escape(name)}</td><td>{k['regions']}</td><td>{k['accepted']}</td><td>{k['edited']}</td>"
         f"<td>{k['deleted']}</td><td>{k['new']}</td><td>{_number(k.get('acceptance_rate'))}</td>"
-        f"<td>{_number(k.get('mean_edit_distance'))}</td></tr>" for night, k in kpis.items())
+        f"<td>{_number(k.get('mean_edit_distance'))}</td></tr>" for name, k in kpis.items())
+    return f"<table>{header}{rows}</table>"
+
+
+def kpi_section(kpis: Mapping[str, Mapping[str, Any]], by_version: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    versions = (f"<h3>per model_version</h3>{kpi_table(by_version, 'model_version')}" if by_version else "")
     return (f'<section id="kpis"><h2>Learning from edits, per night</h2>'
             f'<p class="muted">Of the captions the model proposed and the annotators kept the region of: the share '
             f'left unchanged (acceptance rate) and the normalised character edit distance (0 = kept, 1 = rewritten).</p>'
             f'{_image(kpi_plot_png(kpis), "acceptance rate and edit distance per night", "no corrected annotations yet")}'
-            f"<table>{header}{rows}</table></section>")
+            f"{kpi_table(kpis, 'night')}{versions}</section>")
 
 
 def example_card(example: RegionExample) -> str:
@@ -248,16 +253,19 @@ dt{font-weight:bold}dd{margin:0 0 .4em 0}"""
 def render_nightly_report(decision: GateDecision | Mapping[str, Any], *,
                           category_accuracy: Mapping[str, Mapping[str, float]] | None = None,
                           kpis_by_night: Mapping[str, EditKpis | Mapping[str, Any]] | None = None,
+                          kpis_by_model_version: Mapping[str, EditKpis | Mapping[str, Any]] | None = None,
                           examples: Sequence[RegionExample] = (), title: str = "DAM nightly report",
                           subtitle: str = "", metric_label: str = "DLC-style average") -> str:
     """The report as one HTML string.
 
     category_accuracy: {round (oldest first): {category: accuracy in [0, 1]}};
     kpis_by_night: {night: EditKpis} (dam_loop.kpis.kpis_by(edits, "night")) or their to_dict();
+    kpis_by_model_version: the same per model_version (a table under the nightly ones);
     examples: a few regions with both models' and the human caption.
     """
     record = decision.to_dict() if isinstance(decision, GateDecision) else dict(decision)
     kpis = {night: k.to_dict() if isinstance(k, EditKpis) else dict(k) for night, k in (kpis_by_night or {}).items()}
+    by_version = {v: k.to_dict() if isinstance(k, EditKpis) else dict(k) for v, k in (kpis_by_model_version or {}).items()}
     category_png = category_plot_png(category_accuracy or {}, metric_label)
     cards = "".join(example_card(example) for example in examples) or "<p class='muted'>no examples</p>"
     return f"""<!doctype html>
@@ -266,7 +274,7 @@ def render_nightly_report(decision: GateDecision | Mapping[str, Any], *,
 {decision_section(record)}
 <section id="categories"><h2>Accuracy per category, last rounds</h2>
 {_image(category_png, "accuracy per category over the last rounds", "no evaluated rounds yet")}</section>
-{kpi_section(kpis)}
+{kpi_section(kpis, by_version)}
 <section id="examples"><h2>Example regions</h2>{cards}</section>
 </body></html>
 """

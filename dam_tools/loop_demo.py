@@ -40,8 +40,9 @@ from ls_io.s3 import make_s3_client
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the nightly runs as `-m dam_loop.steps.nightly` from here
 
 
-def dlc_average(model_dir: str | Path, seed: int, n_scenes: int, max_new_tokens: int = 64) -> dict[str, Any]:
-    """DLC-style report (RuleJudge) of greedy captions of every region of scenes (seed, 0..n_scenes-1)."""
+def judge_scenes(model_dir: str | Path, seed: int, n_scenes: int, max_new_tokens: int = 64) -> ev.Report:
+    """RuleJudge report (per region in ``.regions``) of greedy captions of every region of scenes
+    (seed, 0..n_scenes-1)."""
     model = DescribeAnythingModel.from_pretrained(str(model_dir), device="cpu")
     model.eval()
     scenes = generate_dataset(seed, n_scenes)
@@ -54,7 +55,12 @@ def dlc_average(model_dir: str | Path, seed: int, n_scenes: int, max_new_tokens:
             for scene, scene_captions in zip(chunk, results):
                 captions += [c.text for c in scene_captions]
                 attributes += [o.attributes for o in scene.objects]
-    report = ev.evaluate_captions(captions, attributes, ev.RuleJudge())
+    return ev.evaluate_captions(captions, attributes, ev.RuleJudge())
+
+
+def dlc_average(model_dir: str | Path, seed: int, n_scenes: int, max_new_tokens: int = 64) -> dict[str, Any]:
+    """DLC-style report (RuleJudge) of greedy captions of every region of scenes (seed, 0..n_scenes-1)."""
+    report = judge_scenes(model_dir, seed, n_scenes, max_new_tokens)
     return {"average": round(report.average, 4), "positive": round(report.positive, 4),
             "negative": round(report.negative, 4), "regions": report.num_regions}
 

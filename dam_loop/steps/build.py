@@ -121,13 +121,14 @@ def region_attributes(task_data: dict[str, Any], region_id: str) -> dict[str, An
     return None
 
 
-def snapshot_objects(work_root: Path, snapshot_id: str, include_deleted: bool = True) -> Iterator[tuple[str, Path]]:
-    """(key, local file) for every object in the snapshot's cumulative manifest."""
+def snapshot_objects(work_root: Path, snapshot_id: str, include_deleted: bool = True) -> Iterator[tuple[str, Path, str]]:
+    """(key, local file, id of the snapshot that downloaded it) for every object in the snapshot's cumulative
+    manifest. The last tells tonight's data (this snapshot) from earlier nights' (training replays those)."""
     manifest = read_json(Path(work_root) / "snapshots" / snapshot_id / "manifest.json")
     for key, entry in sorted(manifest["objects"].items()):
         if entry.get("deleted_at") and not include_deleted:
             continue
-        yield key, Path(work_root) / entry["file"]
+        yield key, Path(work_root) / entry["file"], entry.get("snapshot")
 
 
 def _latest_wins(best: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> bool:
@@ -152,8 +153,10 @@ class _Build:
         self.best_video: dict[str, dict[str, Any]] = {}  # video hash + track hash -> video sample (latest wins)
         self.unlabeled: dict[tuple[str, str], dict[str, Any]] = {}
         self.image_index: dict[str, tuple[str, int, int]] = {}  # url -> (pixel hash, height, width)
+        self.object_snapshot: str | None = None  # the snapshot that downloaded the object being added
 
-    def add_object(self, key: str, path: Path) -> None:
+    def add_object(self, key: str, path: Path, object_snapshot: str | None = None) -> None:
+        self.object_snapshot = object_snapshot
         try:
             records = list(iter_annotations(json.loads(path.read_text(encoding="utf-8")), key))
         except (OSError, ValueError) as exc:
@@ -187,7 +190,7 @@ class _Build:
         url = image_url(record.task_data, region["geometry"], self.image_key)
         row, track_key = self.videos.sample(url, record.task_id, region["geometry"])
         row.update(region_fields(record, region, region_id), caption=region["caption"], source="human",
-                   split=split_for(record.task_id, self.val_fraction))
+                   split=split_for(record.task_id, self.val_fraction), object_snapshot=self.object_snapshot)
         self._add_attributes(row, record, region_id)
         self.counts["video_duplicates"] += _latest_wins(self.best_video, track_key, row)
 
@@ -218,6 +221,7 @@ class _Build:
             "mask": f"masks/{sample_id}.png",
             **region_fields(record, region, region_id),
             "split": split_for(record.task_id, self.val_fraction),
+            "object_snapshot": self.object_snapshot,
             "width": width,
             "height": height,
         }
@@ -303,8 +307,8 @@ def build_dataset(
     try:
         build = _Build(writer, VideoSampleWriter(writer, scratch, fetch_video, local_files_root, video_frames),
                        fetch_image, val_fraction, image_key)
-        for key, path in snapshot_objects(work_root, snapshot_id, include_deleted):
-            build.add_object(key, path)
+        for key, path, object_snapshot in snapshot_objects(work_root, snapshot_id, include_deleted):
+            build.add_object(key, path, object_snapshot)
         return build.commit(snapshot_id)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -10,13 +10,18 @@ into one set of metrics (plus a ``video`` block with the video tracks alone when
 - ``dlc_positive``, ``dlc_negative``, ``dlc_average``: the DLC-style rule judge, on regions whose task data carry an
   attribute record (synthetic data: ``data.attributes[<region id>]``), with ``dlc_regions`` saying how many.
 
-THE PROMOTION SCORE (``score``, higher is better) is ``dlc_average`` when at least one validation region has
-attributes, otherwise ``cider``. ``score_name`` says which; both models are always scored the same way.
+``score`` (higher is better) is ``dlc_average`` when at least one validation region has attributes, otherwise
+``cider``; ``score_name`` says which; both models are always scored the same way. It is reported, it does not
+decide: THE PROMOTION DECISION is the gate's (dam_loop.gate): a paired bootstrap over per-region scores
+(``region_scores``: the DLC-style region average where judged, else 1 - word edit effort) of both models on the
+same validation regions, and the non-inferiority check on the regression set (``--regression-set``, a frozen
+sample of earlier validation data, dam_loop.regression_set) when one is given. Gate flags: dam_loop.gate_flags.
 
 Outputs in ``--out``: ``metrics.json`` ({score_name, candidate: {...}, champion: {...}, n_val, n_val_video,
-per_sample: [...]}) and
-``report.html`` (written by evaluate_report; self-contained: the metrics table, then sample regions as inline base64 PNGs with the mask overlaid,
-the human caption and both models' captions).
+per_sample: [...], region_scores: {score, val: {champion, candidate}, regression?: {...}}, regression?: {dir, n,
+champion, candidate, per_sample}, gate: GateDecision.to_dict()}) and ``report.html`` (written by evaluate_report;
+self-contained: the gate's decision with its interval and n, the metrics tables, then sample regions as inline
+base64 PNGs with the mask overlaid, the human caption and both models' captions).
 
 Usage::
 
@@ -46,8 +51,11 @@ from dam_loop.cli import (
     step_parser,
 )
 from dam_loop.dataset import is_video, load_samples, load_video_samples, read_video_sample
+from dam_loop.gate import REGION_SCORE, GateSettings, decide_from_metrics, region_scores
+from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
 from dam_loop.models_root import champion_dir
 from dam_loop.provenance import utc_iso
+from dam_loop.regression_set import load_regression_rows, region_category
 from dam_loop.steps.evaluate_report import write_report
 from dam_model import evaluation as ev
 from dam_model.data import read_image, read_mask
@@ -143,6 +151,47 @@ def promotion_score(metrics: dict[str, Any]) -> tuple[str, float]:
     return name, float(metrics[name])
 
 
+def caption_and_score(model_dir: str | Path, row_sets: list[list[dict[str, Any]]], device: str, max_new_tokens: int,
+                      judge: Any) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[str]]]:
+    """One model (loaded once) on several row sets (the validation split, the regression set): per set (metrics,
+    per-sample scores, caption texts); a video block is added when a set has video tracks."""
+    everything = [row for rows in row_sets for row in rows]
+    captions = caption_all(model_dir, everything, device, max_new_tokens)
+    out, start = [], 0
+    for rows in row_sets:
+        texts = [c.text for c in captions[start:start + len(rows)]]
+        confidences = [float(c.confidence) for c in captions[start:start + len(rows)]]
+        start += len(rows)
+        if not rows:
+            out.append(({}, [], []))
+            continue
+        scores, samples = score_captions(rows, texts, confidences, judge)
+        videos = [i for i, row in enumerate(rows) if is_video(row)]
+        if videos:  # the video tracks alone, for the report (the promotion score pools both kinds)
+            scores["video"], _ = score_captions([rows[i] for i in videos], [texts[i] for i in videos],
+                                                [confidences[i] for i in videos], judge)
+        out.append((scores, samples, texts))
+    return out
+
+
+def per_sample_records(rows: list[dict[str, Any]], per_model: dict[str, tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
+    """One record per row: ids, category, the human caption, both models' captions and scores."""
+    return [
+        {
+            "id": row["id"],
+            "kind": row["kind"],
+            "task_id": row.get("task_id"),
+            "category": region_category(row),
+            "human_caption": row["caption"],
+            "champion_caption": per_model["champion"][2][i],
+            "candidate_caption": per_model["candidate"][2][i],
+            "champion": per_model["champion"][1][i],
+            "candidate": per_model["candidate"][1][i],
+        }
+        for i, row in enumerate(rows)
+    ]
+
+
 def evaluate(
     candidate: str | Path,
     champion: str | Path,
@@ -153,50 +202,47 @@ def evaluate(
     max_new_tokens: int = 64,
     report_samples: int = 12,
     judge: str = "rule",
+    regression_dir: Path | None = None,
+    gate_settings: GateSettings = GateSettings(),
 ) -> dict[str, Any]:
-    """Score both models on the dataset's validation split (image regions and video tracks); write metrics.json and
-    report.html into out_dir."""
+    """Score both models on the dataset's validation split (image regions and video tracks) and on the regression
+    set (when ``regression_dir`` holds one), decide with the gate; write metrics.json and report.html into out_dir."""
     rows = load_val_rows(Path(dataset_dir), max_samples)
     if not rows:
         raise NoSamples(f"{dataset_dir} has no validation samples")
-    videos = [i for i, row in enumerate(rows) if is_video(row)]
-    metrics: dict[str, Any] = {"evaluated_at": utc_iso(), "n_val": len(rows), "n_val_video": len(videos),
+    regression_rows = load_regression_rows(regression_dir)
+    metrics: dict[str, Any] = {"evaluated_at": utc_iso(), "n_val": len(rows), "n_val_video": sum(map(is_video, rows)),
                                "dataset": str(dataset_dir)}
     per_model: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {}
+    regression: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {}
     judge_impl = make_judge(judge)
     for role, model_dir in (("champion", champion), ("candidate", candidate)):
-        log.info("captioning %d validation regions with the %s (%s)", len(rows), role, model_dir)
-        captions = caption_all(model_dir, rows, device, max_new_tokens)
-        texts = [c.text for c in captions]
-        confidences = [float(c.confidence) for c in captions]
-        scores, samples = score_captions(rows, texts, confidences, judge_impl)
-        if videos:  # the video tracks alone, for the report (the promotion score pools both kinds)
-            scores["video"], _ = score_captions([rows[i] for i in videos], [texts[i] for i in videos],
-                                                [confidences[i] for i in videos], judge_impl)
-        per_model[role] = (scores, samples, texts)
+        log.info("captioning %d validation and %d regression-set regions with the %s (%s)", len(rows),
+                 len(regression_rows), role, model_dir)
+        per_model[role], regression[role] = caption_and_score(model_dir, [rows, regression_rows], device,
+                                                              max_new_tokens, judge_impl)
     # Score the same way for both: the judge runs on the same rows for both models.
     score_name, _ = promotion_score(per_model["candidate"][0])
     for role, model_dir in (("champion", champion), ("candidate", candidate)):
         scores = per_model[role][0]
         metrics[role] = {**scores, "score": float(scores[score_name]), "model": str(model_dir)}
     metrics["score_name"] = score_name
-    metrics["per_sample"] = [
-        {
-            "id": row["id"],
-            "kind": row["kind"],
-            "task_id": row.get("task_id"),
-            "human_caption": row["caption"],
-            "champion_caption": per_model["champion"][2][i],
-            "candidate_caption": per_model["candidate"][2][i],
-            "champion": per_model["champion"][1][i],
-            "candidate": per_model["candidate"][1][i],
-        }
-        for i, row in enumerate(rows)
-    ]
+    metrics["per_sample"] = per_sample_records(rows, per_model)
+    metrics["region_scores"] = {"score": REGION_SCORE, "val": {role: region_scores(metrics["per_sample"], role)
+                                                               for role in ("champion", "candidate")}}
+    if regression_rows:
+        records = per_sample_records(regression_rows, regression)
+        metrics["regression"] = {"dir": str(regression_dir), "n": len(regression_rows),
+                                 "champion": regression["champion"][0], "candidate": regression["candidate"][0],
+                                 "per_sample": records}
+        metrics["region_scores"]["regression"] = {role: region_scores(records, role) for role in ("champion", "candidate")}
+    decision = decide_from_metrics(metrics, gate_settings)
+    metrics["gate"] = decision.to_dict()
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_report(out_dir / "report.html", metrics, rows, report_samples)
-    log.info("%s: champion %.4f, candidate %.4f", score_name, metrics["champion"]["score"], metrics["candidate"]["score"])
+    log.info("%s: champion %.4f, candidate %.4f; gate: %s", score_name, metrics["champion"]["score"],
+             metrics["candidate"]["score"], decision.reason)
     return metrics
 
 
@@ -218,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=Path, required=True, help="built dataset folder (its val split is used)")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and report.html")
     parser.add_argument("--device", default=env_default("DEVICE", "auto"), help="auto, cpu, cuda (env DEVICE)")
+    parser.add_argument("--regression-set", type=Path, default=env_default("REGRESSION_SET"),
+                        help="a regression set folder (dam_loop.regression_set) to evaluate too (env REGRESSION_SET)")
     add_eval_args(parser)
+    add_gate_args(parser)
     add_log_level_arg(parser)
     return parser
 
@@ -228,9 +277,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if champion is None:
         raise BadArguments("no --champion and nothing promoted yet")
     metrics = evaluate(args.candidate, champion, args.dataset, args.out, args.device, args.eval_max_samples,
-                       args.eval_max_new_tokens, args.report_samples, args.judge)
+                       args.eval_max_new_tokens, args.report_samples, args.judge, args.regression_set,
+                       gate_settings_from_args(args))
     print(json.dumps({k: metrics[k] for k in ("score_name", "n_val")} | {
-        "candidate": metrics["candidate"]["score"], "champion": metrics["champion"]["score"]}, indent=2))
+        "candidate": metrics["candidate"]["score"], "champion": metrics["champion"]["score"],
+        "gate": metrics["gate"]["reason"]}, indent=2))
     return EXIT_OK
 
 

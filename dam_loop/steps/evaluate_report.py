@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dam_loop.dataset import is_video
+from dam_loop.report import STYLE, decision_section
 from dam_model.data import read_image, read_mask
 from dam_model.fileio import atomic_write_text
 
@@ -65,9 +66,16 @@ def _metrics_table(champion: dict[str, Any], candidate: dict[str, Any], names: l
 
 
 def write_report(path: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], n_samples: int) -> None:
-    """Self-contained HTML: metrics table(s) + up to n_samples regions (inline PNG overlays, three captions)."""
+    """Self-contained HTML: the gate's decision (when metrics hold one), metrics table(s) (validation, video,
+regression set) + up to n_samples regions (inline PNG overlays, three captions)."""
     names = [k for k in HIGHER_IS_BETTER if k in metrics["candidate"]] + ["score"]
     table = _metrics_table(metrics["champion"], metrics["candidate"], names)
+    if "regression" in metrics:
+        regression = metrics["regression"]
+        table += (f"<h2>Regression set ({regression['n']} regions, {html.escape(regression['dir'])})</h2>"
+                  + _metrics_table(regression["champion"], regression["candidate"],
+                                   [k for k in HIGHER_IS_BETTER if k in regression["candidate"]]))
+    gate = decision_section(metrics["gate"]) if "gate" in metrics else ""
     if "video" in metrics["candidate"]:
         video = metrics["candidate"]["video"]
         table += (f"<h2>Video tracks alone ({metrics.get('n_val_video', 0)})</h2>"
@@ -85,12 +93,12 @@ def write_report(path: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
         )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>DAM evaluation {html.escape(metrics['evaluated_at'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
-.card{{display:inline-block;vertical-align:top;width:300px;margin:8px;border:1px solid #ddd;padding:6px}}dt{{font-weight:bold}}</style>
+<style>{STYLE}</style>
 </head><body>
 <h1>Candidate vs champion</h1>
+{gate}
 <p>Validation regions: {metrics['n_val']} ({metrics.get('n_val_video', 0)} video tracks). Promotion score: <b>{html.escape(metrics['score_name'])}</b>
-(champion {metrics['champion']['score']:.4f}, candidate {metrics['candidate']['score']:.4f}).</p>
+(champion {metrics['champion']['score']:.4f}, candidate {metrics['candidate']['score']:.4f}; reported, the gate above decides).</p>
 <p>champion: {html.escape(metrics['champion']['model'])}<br>candidate: {html.escape(metrics['candidate']['model'])}</p>
 {table}
 <h2>Samples</h2>

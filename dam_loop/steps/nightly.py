@@ -9,7 +9,10 @@ Environment (every option also has a flag; see --help):
     S3_ENDPOINT_URL, S3_BUCKET, S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the Label Studio export
     LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
     LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      media fetching (ls_io.media)
-    INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), PROMOTE_MARGIN, VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
+    INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
+    PROMOTE_MARGIN, GATE_* , REGRESSION_MARGIN (the promotion gate, dam_loop.gate_flags), REPLAY_RATIO (training)
+    REGRESSION_SET, REGRESSION_SYNTHETIC_SCENES, REGRESSION_VAL_REGIONS (the frozen regression set)
+    KPI_PREDICTIONS (where the learning-from-edits KPIs find the served predictions)
     TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
 
 Exit codes:
@@ -18,7 +21,13 @@ Exit codes:
     2  bad arguments / configuration         3   another run holds the lock (<work root>/nightly.lock)
     1  failure (see runs/<run id>/nightly.log)
 
-Each run writes ``<work root>/runs/<run id>/nightly.log`` and ``summary.json``. Training runs in a subprocess whose
+The round: pull; KPIs of the annotators' edits (nightly_kpis: <work root>/kpis.json); build; pseudo-label; train
+(with replay of earlier nights' data); evaluate candidate and champion on the validation split and on the frozen
+regression set (dam_loop.regression_set, made or topped up first); the promotion gate (dam_loop.gate) decides;
+promote or not (exit 11, the gate's reason logged and in summary.json); the report (nightly_report).
+
+Each run writes ``<work root>/runs/<run id>/nightly.log``, ``summary.json`` (with ``gate``: the decision, its
+interval and n) and ``nightly.html`` (also copied to ``<work root>/nightly.html``). Training runs in a subprocess whose
 output folder is stable for a given snapshot and configuration, so a run that died during training resumes from its
 last checkpoint the next time. A run only counts as done (state.json) once it promoted or decided not to.
 """
@@ -32,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +63,13 @@ from dam_loop.cli import (
     step_parser,
 )
 from dam_loop.dataset import read_info
+from dam_loop.gate import GateDecision, decide_from_metrics
+from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
 from dam_loop.lock import FileLock
 from dam_loop.models_root import champion_dir, resolve_init
 from dam_loop.provenance import new_run_id, utc_iso
-from dam_loop.steps import build, evaluate, promote, pseudo_label, pull, train
+from dam_loop.regression_set import add_regression_args, ensure_regression_set, regression_folder
+from dam_loop.steps import build, evaluate, nightly_kpis, nightly_report, promote, pseudo_label, pull, train
 from dam_model.fileio import atomic_write_json, read_json
 
 log = logging.getLogger("dam_loop.nightly")
@@ -70,16 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_source_args(parser)
     g = parser.add_argument_group("loop")
     build.add_build_args(g)
-    promote.add_margin_arg(g)
-    g.add_argument("--pseudo-label", action=argparse.BooleanOptionalAction, default=env_bool("PSEUDO_LABEL", True),
-                   help="run the pseudo-labelling stage (env PSEUDO_LABEL; default on)")
+    # Off by default: the ablation (dam_tools.pseudo_ablation) measured no gain whose interval clears 0.
+    g.add_argument("--pseudo-label", action=argparse.BooleanOptionalAction, default=env_bool("PSEUDO_LABEL", False),
+                   help="run the pseudo-labelling stage (env PSEUDO_LABEL; default off, see README 'Measured')")
     g.add_argument("--train-launcher", default=env_default("TRAIN_LAUNCHER", ""),
                    help='command prefix for training, e.g. "accelerate launch" (env TRAIN_LAUNCHER; default: this Python)')
     g.add_argument("--force", action="store_true", help="run even when nothing is new since the last completed run")
     g.add_argument("--version", help="name of the promoted version (default v<UTC date-time>)")
+    g.add_argument("--force-promote", action="store_true",
+                   help="promote whatever the gate decides (bootstrapping a first version, tests); the decision is "
+                        "still computed and recorded with forced: true")
     pseudo_label.add_pseudo_args(parser)
     train.add_train_flags(parser)
     evaluate.add_eval_args(parser)
+    add_gate_args(parser)
+    add_regression_args(parser)
+    nightly_kpis.add_kpi_args(parser)
     add_log_level_arg(parser)
     return parser
 
@@ -111,11 +130,23 @@ def run_training(argv: list[str], log_path: Path) -> Path:
     return Path(candidate)
 
 
+def learning_from_edits(args: argparse.Namespace, work_root: Path, snapshot_id: str) -> dict[str, Any]:
+    """The KPI step; a failure is recorded, never fatal (the KPIs describe the round, they do not gate it)."""
+    try:
+        record = nightly_kpis.update_kpis(work_root, snapshot_id, args.kpi_predictions, args.label_studio_url)
+    except Exception as exc:  # Label Studio down, a bad answer, ...: train anyway
+        log.warning("KPIs not updated: %s: %s", type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"file": str(work_root / nightly_kpis.KPI_FILE), "predictions": record["predictions"], **record["overall"]}
+
+
 def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int:
     """One loop round (the caller holds the lock); fills ``summary`` as the steps finish. Returns the exit code."""
     work_root = Path(args.work_root)
     summary.update(started_at=utc_iso(), steps={})
     timings = summary.setdefault("seconds", {})
+    settings = gate_settings_from_args(args)  # bad gate flags fail before any work
+    summary["gate_settings"] = asdict(settings)
 
     def step(name: str) -> float:
         log.info("=== %s", name)
@@ -132,6 +163,11 @@ def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int
     if pulled.snapshot_id is None or (not args.force and pulled.snapshot_id == state.get("last_snapshot")):
         log.info("nothing new since snapshot %s", state.get("last_snapshot"))
         return EXIT_NOTHING_NEW
+
+    if args.kpi_predictions != "off":
+        t = step("kpis")
+        summary["steps"]["kpis"] = learning_from_edits(args, work_root, pulled.snapshot_id)
+        timings["kpis"] = round(time.time() - t, 2)
 
     t = step("build")
     dataset = build.build_dataset(work_root, pulled.snapshot_id, val_fraction=args.val_fraction,
@@ -163,29 +199,57 @@ def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int
     timings["train"] = round(time.time() - t, 2)
 
     t = step("evaluate")
+    regression_dir = regression_folder(args, work_root)
+    if regression_dir is not None:
+        regression_dir = ensure_regression_set(regression_dir, dataset, args.regression_synthetic_scenes,
+                                               args.regression_val_regions)
     # The champion is what serves now; before the first promotion it is the starting model.
     metrics = evaluate.evaluate(candidate, champion or init, dataset, run_dir / "eval", device=args.device,
                                 max_samples=args.eval_max_samples, max_new_tokens=args.eval_max_new_tokens,
-                                report_samples=args.report_samples, judge=args.judge)
+                                report_samples=args.report_samples, judge=args.judge, regression_dir=regression_dir,
+                                gate_settings=settings)
     summary["steps"]["evaluate"] = {"candidate": metrics["candidate"], "champion": metrics["champion"],
-                                    "score_name": metrics["score_name"], "report": str(run_dir / "eval" / "report.html")}
+                                    "score_name": metrics["score_name"], "report": str(run_dir / "eval" / "report.html"),
+                                    "regression_set": str(regression_dir) if regression_dir else None,
+                                    "regression_n": (metrics.get("regression") or {}).get("n", 0)}
     timings["evaluate"] = round(time.time() - t, 2)
 
     t = step("promote")
-    cand_score, champ_score = metrics["candidate"]["score"], metrics["champion"]["score"]
-    if not promote.should_promote(cand_score, champ_score, args.margin):
-        log.info("not promoted: candidate %s %.4f vs champion %.4f (margin %.4f)", metrics["score_name"], cand_score,
-                 champ_score, args.margin)
-        summary["steps"]["promote"] = {"promoted": False}
+    decision = decide_from_metrics(metrics, settings)  # the same decision evaluate recorded in metrics.json
+    code = decide_and_promote(args, decision, candidate, metrics, summary, run_dir, champion)
+    timings["promote"] = round(time.time() - t, 2)
+
+    t = step("report")
+    accuracy = nightly_report.category_accuracy(metrics, summary["steps"]["promote"]["promoted"])
+    summary["category_accuracy"] = accuracy
+    report = nightly_report.write_report(
+        work_root, run_dir, summary["gate"], metrics, dataset,
+        nightly_report.category_history(work_root, run_dir.name, accuracy), nightly_kpis.read_kpis(work_root),
+        args.eval_max_samples)
+    summary["report"] = str(report)
+    timings["report"] = round(time.time() - t, 2)
+    return code
+
+
+def decide_and_promote(args: argparse.Namespace, decision: GateDecision, candidate: Path, metrics: dict[str, Any],
+                       summary: dict[str, Any], run_dir: Path, champion: Path | None) -> int:
+    """Promote when the gate says so (or --force-promote); record the decision; EXIT_PROMOTED or EXIT_NOT_BETTER."""
+    record = decision.to_dict() | {"forced": bool(args.force_promote and not decision.promote)}
+    summary["gate"] = record
+    if not decision.promote and not args.force_promote:
+        log.info("%s", decision.reason)
+        summary["steps"]["promote"] = {"promoted": False, "outcome": decision.outcome, "reason": decision.reason}
         return EXIT_NOT_BETTER
+    if not decision.promote:
+        log.warning("--force-promote: promoting although the gate said: %s", decision.reason)
     pointer = promote.promote(
         args.models_root, candidate, metrics={"score_name": metrics["score_name"], **metrics["candidate"]},
-        version=args.version,
-        provenance={"run_id": run_dir.name, "snapshot_id": pulled.snapshot_id, "evaluation": metrics,
-                    "champion": str(champion) if champion else None},
+        version=args.version, gate=record,
+        provenance={"run_id": run_dir.name, "snapshot_id": summary["snapshot_id"], "evaluation": metrics,
+                    "champion": str(champion) if champion else None, "gate_settings": summary["gate_settings"]},
     )
+    log.info("%s", decision.reason if decision.promote else "promoted (forced)")
     summary["steps"]["promote"] = {"promoted": True, **pointer}
-    timings["promote"] = round(time.time() - t, 2)
     return EXIT_PROMOTED
 
 

@@ -3,11 +3,16 @@ or roll back. The models root's layout and how it is written: dam_loop.models_ro
 
 Usage::
 
-    python -m dam_loop.steps.promote promote --candidate DIR --metrics metrics.json [--margin 0.01] [--version V] [--force]
+    python -m dam_loop.steps.promote promote --candidate DIR --metrics metrics.json [gate flags] [--version V] [--force]
     python -m dam_loop.steps.promote rollback [--to VERSION]     # default: the pointer's "previous"
     python -m dam_loop.steps.promote status
 
-Exit codes: 0 done, 11 candidate not better (not promoted), 2 bad arguments, 1 failure.
+The decision is the promotion gate's (dam_loop.gate.decide on the evaluate step's per-region scores in
+metrics.json; flags in dam_loop.gate_flags: --margin (env PROMOTE_MARGIN), --min-val-regions, --confidence, ...).
+The decision (``GateDecision.to_dict()``: promote, outcome, reason, n, means, interval, margin, regression check)
+is written into current.json and the version's provenance.json as ``gate``.
+
+Exit codes: 0 done, 11 candidate not better (not promoted; the reason is logged), 2 bad arguments, 1 failure.
 """
 from __future__ import annotations
 
@@ -23,10 +28,11 @@ from dam_loop.cli import (
     BadArguments,
     add_log_level_arg,
     add_models_root_arg,
-    env_float,
     run_main,
     step_parser,
 )
+from dam_loop.gate import GateDecision, decide_from_metrics
+from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
 from dam_loop.models_root import VERSION_RE, new_version_name, open_store, version_path
 from dam_loop.provenance import utc_iso
 from dam_model.fileio import read_json
@@ -35,7 +41,9 @@ log = logging.getLogger("dam_loop.promote")
 
 
 def should_promote(candidate_score: float, champion_score: float | None, margin: float) -> bool:
-    """True when there is no champion, or the candidate's score beats the champion's by MORE than ``margin``."""
+    """The rule before issue 18's gate: True when there is no champion, or the candidate's average beats the
+    champion's by MORE than ``margin``. Not used by the loop any more (noise alone passes it on a small validation
+    split); kept as the baseline tests/loop/test_gate.py measures the gate against."""
     if champion_score is None:
         return True
     return candidate_score > champion_score + margin
@@ -47,11 +55,14 @@ def promote(
     metrics: dict[str, Any] | None = None,
     version: str | None = None,
     provenance: dict[str, Any] | None = None,
+    gate: GateDecision | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy ``candidate_dir`` to versions/<version> (immutable), then flip current.json to it. Returns the new pointer.
 
-    ``provenance`` (merged over the candidate's own provenance.json) is written inside the version folder.
+    ``provenance`` (merged over the candidate's own provenance.json) is written inside the version folder;
+    ``gate`` (the decision that let the candidate through) goes into both the provenance and the pointer.
     """
+    gate_record = gate.to_dict() if isinstance(gate, GateDecision) else gate
     store = open_store(models_root)
     candidate_dir = Path(candidate_dir)
     if not (candidate_dir / "config.json").exists():
@@ -63,6 +74,8 @@ def promote(
         raise BadArguments(f"version {version} already exists in {store}: versions are immutable")
     own = read_json(candidate_dir / "provenance.json") if (candidate_dir / "provenance.json").exists() else {}
     full_provenance = {**own, **(provenance or {}), "version": version, "promoted_metrics": metrics or {}}
+    if gate_record is not None:
+        full_provenance["gate"] = gate_record
     store.write_version(version, candidate_dir, full_provenance)
     previous = store.read_pointer()
     pointer = {
@@ -72,6 +85,8 @@ def promote(
         "previous": previous["version"] if previous else None,
         "metrics": metrics or {},
     }
+    if gate_record is not None:
+        pointer["gate"] = gate_record
     store.write_pointer(pointer)  # LAST: the one switch readers see
     log.info("promoted %s in %s (previous %s)", version, store, pointer["previous"])
     return pointer
@@ -100,14 +115,6 @@ def rollback(models_root: str | Path, to: str | None = None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def add_margin_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--margin (nightly has it too)."""
-    parser.add_argument(
-        "--margin", type=float, default=env_float("PROMOTE_MARGIN", 0.0),
-        help="candidate score must exceed the champion's by more than this (env PROMOTE_MARGIN; default 0)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser("python -m dam_loop.steps.promote", __doc__)
     add_models_root_arg(parser)
@@ -117,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate", type=Path, required=True, help="candidate model folder (official layout)")
     p.add_argument("--metrics", type=Path, help="metrics.json of the evaluate step (candidate/champion scores)")
     p.add_argument("--version", help="version name (default v<UTC date-time>)")
-    add_margin_arg(p)
-    p.add_argument("--force", action="store_true", help="promote without comparing scores")
+    add_gate_args(p)
+    p.add_argument("--force", action="store_true", help="promote whatever the gate says (the decision is still recorded)")
     r = sub.add_parser("rollback", help="point current.json at an earlier version")
     r.add_argument("--to", help="version to serve (default: the pointer's previous version)")
     sub.add_parser("status", help="print the pointer and the available versions")
@@ -128,15 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
 def run_cli(args: argparse.Namespace) -> int:
     if args.command == "promote":
         metrics = read_json(args.metrics) if args.metrics else {}
-        candidate_score = metrics.get("candidate", {}).get("score")
-        champion_score = (metrics.get("champion") or {}).get("score")
-        if not args.force:
-            if candidate_score is None:
-                raise BadArguments("no candidate score: pass --metrics from the evaluate step, or --force")
-            if not should_promote(candidate_score, champion_score, args.margin):
-                log.info("not promoted: candidate %.4f vs champion %.4f (margin %.4f)", candidate_score, champion_score, args.margin)
+        settings = gate_settings_from_args(args)
+        decision = None
+        if metrics:
+            try:
+                decision = decide_from_metrics(metrics, settings)
+            except ValueError as exc:
+                if not args.force:
+                    raise BadArguments(f"{args.metrics}: {exc}") from exc
+        elif not args.force:
+            raise BadArguments("no --metrics: pass the evaluate step's metrics.json, or --force")
+        if decision is not None:
+            log.info("gate: %s", decision.reason)
+            if not decision.promote and not args.force:
+                print(json.dumps({"promoted": False, "gate": decision.to_dict()}, indent=2))
                 return EXIT_NOT_BETTER
-        pointer = promote(args.models_root, args.candidate, metrics=metrics.get("candidate", {}), version=args.version)
+        record = (decision.to_dict() | {"forced": args.force}) if decision else None
+        pointer = promote(args.models_root, args.candidate, metrics=metrics.get("candidate", {}), version=args.version,
+                          gate=record)
     elif args.command == "rollback":
         pointer = rollback(args.models_root, args.to)
     else:

@@ -8,6 +8,9 @@
 - ``--trainable`` picks the parts that learn: llm, projector, adapters (focal cross-attention + MLP + gates; also
   spelt context_provider), vision, mask_embedding; a ``--[no-]train-<part>`` flag overrides it for its part.
 - bf16 autocast and gradient checkpointing by default on CUDA (``--dtype``, ``--gradient-checkpointing``); fp32 on CPU.
+- Replay (``--replay-ratio``, env REPLAY_RATIO, default 0.2): tonight's rows plus that share of earlier nights'
+  training rows (train_replay describes how they are told apart and drawn); recorded in the candidate's
+  train_config.json / provenance.json under ``extra.replay``.
 - Output folder (default ``<work root>/train/<snapshot id>-<config hash>``) is stable for a given snapshot, start
   model and configuration, so a killed run started again with the same arguments resumes from its last checkpoint
   (``--resume auto``, the default).
@@ -56,8 +59,10 @@ from dam_loop.cli import (
 )
 from dam_loop.dataset import (is_video, latest_dataset_dir, load_samples, load_video_samples, read_info, read_samples,
                               require_built)
+from dam_loop.gate_flags import add_replay_arg, replay_ratio_argv
 from dam_loop.models_root import resolve_init
 from dam_loop.provenance import git_commit
+from dam_loop.steps.train_replay import mix_replay, replay_seed, split_tonight
 from dam_model.train import (TRAINABLE_PARTS, TrainConfig, add_train_args, train, train_args_to_argv,
                              train_config_from_args)
 
@@ -134,6 +139,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
              "flag overrides it for its part (env TRAIN_PARTS; default: TrainConfig's train_* defaults)",
     )
     group.add_argument("--no-pseudo", action="store_true", help="ignore pseudo-labelled samples")
+    add_replay_arg(group)
     group.add_argument("--val-loss", action="store_true", help="also report the validation loss after training")
 
 
@@ -141,7 +147,7 @@ def train_flags_argv(args: argparse.Namespace) -> list[str]:
     """The training flags of parsed ``args`` as command-line words, for the training subprocess nightly starts:
     TrainConfig's through dam_model.train.train_args_to_argv, then the loop's own. Not --init: nightly passes the
     start model it resolved itself."""
-    argv = train_args_to_argv(args)
+    argv = train_args_to_argv(args) + replay_ratio_argv(args)
     if args.trainable:
         argv += ["--trainable", args.trainable]
     if args.no_pseudo:
@@ -174,14 +180,16 @@ def command(launcher: list[str], args: argparse.Namespace, dataset: Path, init: 
 
 # ----------------------------------------------------------------------------------------------- training
 def default_out_dir(work_root: Path, dataset_dir: Path, init: Path | str, config: dict[str, Any],
-                    processes: int = 1) -> Path:
-    """Stable per (dataset + pseudo labels, start model, config, number of processes when > 1) so a re-run after a
-    crash resumes, not restarts (a checkpoint resumes only with the number of processes that wrote it)."""
+                    processes: int = 1, replay_ratio: float = 0.0) -> Path:
+    """Stable per (dataset + pseudo labels, start model, config, replay ratio, number of processes when > 1) so a
+    re-run after a crash resumes, not restarts (a checkpoint resumes only with the number of processes that wrote it)."""
     stable = {k: v for k, v in config.items() if k not in ("out_dir", "resume", "progress", "device", "num_threads", "extra")}
     init_id = str(Path(init).resolve()) if Path(init).exists() else str(init)
     pseudo = dataset_dir / "pseudo.jsonl"
     pseudo_id = hashlib.sha256(pseudo.read_bytes()).hexdigest() if pseudo.exists() else None
     key: list[Any] = [str(dataset_dir.resolve()), init_id, pseudo_id, stable]
+    if replay_ratio:  # only when used: folders of runs without replay keep their names
+        key.append({"replay_ratio": replay_ratio})
     if processes > 1:
         key.append({"world_size": processes})
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
@@ -193,8 +201,11 @@ def run(args: argparse.Namespace) -> Path:
     work_root = Path(args.work_root)
     dataset_dir = require_built(Path(args.dataset) if args.dataset else latest_dataset_dir(work_root))
     init = resolve_init(args.init, args.models_root)
-    train_rows = load_samples(dataset_dir, "train", include_pseudo=not args.no_pseudo)
-    train_rows += load_video_samples(dataset_dir, "train")
+    dataset_info = read_info(dataset_dir)
+    rows = load_samples(dataset_dir, "train", include_pseudo=not args.no_pseudo) + load_video_samples(dataset_dir, "train")
+    tonight, pool = split_tonight(rows, dataset_info.get("snapshot_id"))
+    seed = replay_seed(args.seed or 0, dataset_info.get("snapshot_id"))
+    train_rows, replay = mix_replay(tonight, pool, args.replay_ratio, seed)
     val_rows: list[dict[str, Any]] = []
     if args.val_loss:
         val_rows = load_samples(dataset_dir, "val", include_pseudo=False) + load_video_samples(dataset_dir, "val")
@@ -202,9 +213,9 @@ def run(args: argparse.Namespace) -> Path:
         raise NoSamples(f"{dataset_dir} has no training samples")
     n_videos = sum(map(is_video, train_rows))
     n_val_videos = sum(map(is_video, val_rows))
-    dataset_info = read_info(dataset_dir)
     fields = train_config(args).to_dict()  # the training settings (out_dir and extra are filled in below)
-    out_dir = Path(args.out) if args.out else default_out_dir(work_root, dataset_dir, init, fields, world_size())
+    out_dir = Path(args.out) if args.out else default_out_dir(work_root, dataset_dir, init, fields, world_size(),
+                                                              args.replay_ratio)
     cfg = train_config(args, out_dir, extra={
         "snapshot_id": dataset_info.get("snapshot_id"),
         "dataset": str(dataset_dir),
@@ -212,10 +223,12 @@ def run(args: argparse.Namespace) -> Path:
         "init_model": str(init),
         "pseudo_samples": sum(r.get("source") == "pseudo" for r in train_rows),
         "video_samples": n_videos,
+        "replay": replay,
         "loop_git_commit": git_commit(),
     })
-    log.info("training from %s on %d image regions + %d video tracks (val %d + %d) into %s, %d process(es)", init,
-             len(train_rows) - n_videos, n_videos, len(val_rows) - n_val_videos, n_val_videos, out_dir, world_size())
+    log.info("training from %s on %d image regions + %d video tracks (val %d + %d) into %s, %d process(es); replay %s",
+             init, len(train_rows) - n_videos, n_videos, len(val_rows) - n_val_videos, n_val_videos, out_dir,
+             world_size(), replay)
     val = read_samples(dataset_dir, val_rows)
     final = Path(train(cfg, read_samples(dataset_dir, train_rows), val or None, init_model=str(init)))
     log.info("candidate written to %s", final)

@@ -174,7 +174,7 @@ def test_decision_is_deterministic_and_json_ready():
     record = json.loads(json.dumps(first, allow_nan=False))
     assert set(record) >= {"promote", "reason", "n", "mean_diff", "ci_low", "ci_high", "confidence", "margin",
                            "regression", "method", "outcome"}
-    assert record["regression"] == {"checked": False, "passed": True, "margin": 0.02, "n": 0,
+    assert record["regression"] == {"checked": False, "passed": True, "margin": 0.03, "n": 0,
                                     "reason": "no regression set given: not checked"}
     assert "\n" not in record["reason"]
 

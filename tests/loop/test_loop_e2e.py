@@ -25,7 +25,8 @@ from dam_model.fileio import read_json
 from .conftest import REPO, TEST_SECRET, bucket_bytes, put_objects, run_module
 
 FAST = ["--batch-size", "2", "--checkpoint-every", "1", "--num-threads", "2", "--device", "cpu", "--log-every", "1",
-        "--eval-max-new-tokens", "8", "--pseudo-max-new-tokens", "8", "--val-fraction", "0.34"]
+        "--eval-max-new-tokens", "8", "--pseudo-max-new-tokens", "8", "--val-fraction", "0.34",
+        "--regression-synthetic-scenes", "3"]  # a small regression set: these tests check the plumbing
 
 
 def uncaptioned(export_factory, seed: int, task_id: int) -> dict[str, bytes]:
@@ -62,9 +63,9 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     before = bucket_bytes(admin_s3, bucket)
     work, models = Path(loop_env["LOOP_WORK_ROOT"]), Path(loop_env["MODELS_ROOT"])
 
-    # Round 1: promoted (the margin is negative: a bootstrap round from a random model must promote).
-    first = nightly(loop_env, "--max-steps", "2", "--margin", "-1", "--min-logprob", "-1000", "--max-fraction", "0.5",
-                    "--version", "v1")
+    # Round 1: promoted (--force-promote: a bootstrap round from a random model on a few regions must promote).
+    first = nightly(loop_env, "--max-steps", "2", "--force-promote", "--pseudo-label", "--min-logprob", "-1000",
+                    "--max-fraction", "0.5", "--version", "v1")
     assert first.returncode == 0, first.stderr[-3000:]
     pointer = read_json(models / "current.json")
     assert pointer["version"] == "v1" and pointer["previous"] is None and pointer["metrics"]["score_name"] == "dlc_average"
@@ -94,13 +95,13 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     assert served.model.describe(*_one_region(dataset), max_new_tokens=4)[0].text is not None
 
     # Nothing new in the bucket: distinct exit code, no new version.
-    again = nightly(loop_env, "--max-steps", "2", "--margin", "-1")
+    again = nightly(loop_env, "--max-steps", "2", "--force-promote")
     assert again.returncode == 10, again.stderr[-3000:]
 
     # New annotations: round 2 promotes v2; rollback restores v1 and the store swaps back.
     put_objects(admin_s3, bucket, export_factory(34, 2, fmt="annotation", prefix="ls", first_task_id=300))
     before |= bucket_bytes(admin_s3, bucket)
-    second = nightly(loop_env, "--max-steps", "2", "--margin", "-1", "--no-pseudo-label", "--version", "v2")
+    second = nightly(loop_env, "--max-steps", "2", "--force-promote", "--no-pseudo-label", "--version", "v2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert read_json(models / "current.json")["previous"] == "v1"
     assert store.check_pointer() and store.loaded.version == "v2"
@@ -112,6 +113,12 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
 
     # The source bucket is byte-identical: the loop only ever listed and read it.
     assert bucket_bytes(admin_s3, bucket) == before
+
+    # The gate decided (forced past it: a few validation regions cannot show an improvement) and said why.
+    history = [json.loads(line) for line in (models / "history.jsonl").read_text().splitlines()]
+    gate = next(p for p in history if p["version"] == "v2" and not p.get("rollback"))["gate"]
+    assert gate["forced"] is True and gate["outcome"] == "too_few_regions" and "min_val_regions" in gate["reason"]
+    assert read_json(models / "versions" / "v2" / "provenance.json")["gate"] == gate
 
 
 def _one_region(dataset: Path):

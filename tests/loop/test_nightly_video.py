@@ -83,7 +83,7 @@ def test_exported_video_tasks_build_back_to_the_generated_boxes(tmp_path, admin_
 
 def test_nightly_round_on_video_only_data(tmp_path, admin_s3, bucket, video_export_factory, loop_env):
     """Six exported video tasks and nothing else: the round builds video tracks only, trains on them, evaluates
-    both models with describe_video, promotes (margin -1: a bootstrap round from a random model promotes), and
+    both models with describe_video, promotes (--force-promote: a bootstrap round from a random model on a few tracks promotes), and
     leaves the source bucket byte-identical."""
     put_objects(admin_s3, bucket, video_export_factory(71, 6, fmt="annotation", prefix="ls", num_frames=N_FRAMES))
     assert {split_for(task_id, 0.34) for task_id in range(1, 7)} == {"train", "val"}  # FAST's --val-fraction
@@ -91,7 +91,7 @@ def test_nightly_round_on_video_only_data(tmp_path, admin_s3, bucket, video_expo
     work, models = Path(loop_env["LOOP_WORK_ROOT"]), Path(loop_env["MODELS_ROOT"])
     n_tracks = sum(len(v.objects) for v in _videos(71, 6).values())
 
-    run = nightly(loop_env, "--max-steps", "2", "--margin", "-1", "--version", "v1")
+    run = nightly(loop_env, "--max-steps", "2", "--force-promote", "--pseudo-label", "--version", "v1")
     assert run.returncode == EXIT_PROMOTED, run.stdout[-2000:] + run.stderr[-3000:]
     summary = last_summary(work)
     assert summary["exit_code"] == EXIT_PROMOTED
@@ -123,7 +123,7 @@ def test_nightly_round_on_video_only_data(tmp_path, admin_s3, bucket, video_expo
     assert {s["kind"] for s in metrics["per_sample"]} == {"video"}
     assert "Video tracks alone" in (run_dir / "eval" / "report.html").read_text()
     evaluation = summary["steps"]["evaluate"]
-    assert evaluation["candidate"]["score"] > evaluation["champion"]["score"] - 1  # the gate with margin -1
+    assert evaluation["candidate"]["score"] > evaluation["champion"]["score"] - 1  # forced past the gate
 
     # promote: the candidate is the served version, and it describes a video track
     pointer = read_json(models / "current.json")

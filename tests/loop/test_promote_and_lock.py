@@ -63,15 +63,24 @@ def test_should_promote_margin():
     assert not should_promote(0.5, 0.5, 0.0)  # a tie is not better
 
 
+def gate_metrics(candidate: float, champion: float, n: int = 40) -> dict:
+    """An evaluate step's metrics.json as the gate reads it: per-region scores of both models (the candidate's
+    shifted by the same amount on every region, so the decision is clear)."""
+    spread = [champion + 0.2 * ((i % 5) - 2) / 2 for i in range(n)]
+    return {"candidate": {"score": candidate}, "champion": {"score": champion},
+            "region_scores": {"val": {"champion": {f"r{i}": v for i, v in enumerate(spread)},
+                                      "candidate": {f"r{i}": v + candidate - champion for i, v in enumerate(spread)}}}}
+
+
 def test_promote_cli_refuses_a_worse_candidate_and_rolls_back(tmp_path):
     root = tmp_path / "models"
     a = fake_model(tmp_path / "a", "A")
     env = {"MODELS_ROOT": str(root)}
     metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"candidate": {"score": 0.4}, "champion": {"score": 0.5}}))
+    metrics.write_text(json.dumps(gate_metrics(0.4, 0.5)))
     worse = run_module("dam_loop.steps.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), env=env)
     assert worse.returncode == 11 and not (root / "current.json").exists()
-    metrics.write_text(json.dumps({"candidate": {"score": 0.6}, "champion": {"score": 0.5}}))
+    metrics.write_text(json.dumps(gate_metrics(0.6, 0.5)))
     better = run_module("dam_loop.steps.promote", "promote", "--candidate", str(a), "--metrics", str(metrics), "--version", "v1", env=env)
     assert better.returncode == 0, better.stderr
     assert json.loads(better.stdout)["version"] == "v1"
