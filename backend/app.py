@@ -19,6 +19,8 @@ from ls_io.errors import KINDS, StatusError
 from ls_io.media import MediaFetcher
 
 from .auth import check_basic, check_webhook
+from .batching import BatchingSettings, Scheduler
+from .batching_metrics import SchedulerMetrics
 from .bodies import parse_json_object, status_line
 from .errors import BadRequest, Overloaded, Unauthorized
 from .jobs import TrainingJobs
@@ -46,7 +48,10 @@ def error_reply(status: int, reason: str, kind: str, retry_after: int | None = N
 
 
 class BatchGate:
-    """At most `limit` batch /predict requests at once (0: no limit); the next one is told to come back."""
+    """At most `limit` batch /predict requests at once (0: no limit); the next one is told to come back.
+
+    Kept beside the scheduler's region queue: that queue bounds the work waiting for the model, this bounds the
+    request threads a long "Retrieve predictions" holds (it submits one task at a time), so clicks find a thread."""
 
     def __init__(self, limit: int, retry_after: int) -> None:
         self.limit, self.retry_after = limit, retry_after
@@ -67,9 +72,12 @@ class BatchGate:
 
 
 def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
-               segmenter_factory: Callable[[], Any] | None = None, fetcher: MediaFetcher | None = None) -> Flask:
-    """Build the app. Tests pass `settings`, a model `loader` and a `segmenter_factory`; gunicorn uses the env."""
+               segmenter_factory: Callable[[], Any] | None = None, fetcher: MediaFetcher | None = None,
+               batching: BatchingSettings | None = None) -> Flask:
+    """Build the app. Tests pass `settings`, a model `loader` and a `segmenter_factory`; gunicorn uses the env
+    (the scheduler's BATCH_*/QUEUE_*/*_DEADLINE_S variables are read from it unless `batching` is given)."""
     settings = settings or Settings.from_env()
+    batching = batching or BatchingSettings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -78,12 +86,15 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     store = ModelStore(settings, loader=loader, metrics=metrics)
     segmenters = SegmenterStore(settings, factory=segmenter_factory, device=store.device)
     jobs = TrainingJobs(settings.events_file, settings.train_command, settings.train_log_dir)
-    backend = DAMBackend(settings, store, segmenters, fetcher or MediaFetcher(settings), jobs, metrics)
+    observer = SchedulerMetrics()
+    metrics.add(*observer.metrics)
+    scheduler = Scheduler(store.get, batching, observer)
+    backend = DAMBackend(settings, store, segmenters, fetcher or MediaFetcher(settings), jobs, metrics, scheduler)
     app.extensions[EXTENSION] = backend
     store.start_polling()
     if settings.warm_up_on_start:
         store.warm_up_async()
-    log.info("settings: %s", settings.redacted())
+    log.info("settings: %s; batching: %s", settings.redacted(), batching)
 
     @app.before_request
     def _auth_and_clock() -> None:

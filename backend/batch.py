@@ -18,11 +18,15 @@ model_version):
   counted in dam_backend_skipped_regions_total{reason="empty_mask"}; the task keeps its other regions. A rectangle
   whose SAM 2 mask is empty is captioned as the rectangle itself.
 - model or segmenter unavailable, or the worker overloaded: the whole request answers 503 (no task is at fault).
+- the request's deadline (BATCH_DEADLINE_S, one for the whole request, below Label Studio's ML_TIMEOUT_PREDICT)
+  passes: the tasks not yet captioned get `[]` (reason "overloaded") and the reply goes out with the others, so
+  their work is stored and only the rest is retried.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -35,6 +39,7 @@ from ls_io.regions import GEOMETRY_TYPES, TRACK_TYPES, labels_of, rectangle_box,
 from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
 from ls_io.video_io import decode_video
 
+from .batching import DeadlineExceeded, SchedulerClosed
 from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, Overloaded, Unprocessable
 
 if TYPE_CHECKING:  # type hints only: model.py imports this module
@@ -65,15 +70,24 @@ def as_status_error(exc: Exception) -> StatusError:
     return BackendError(f"internal error ({type(exc).__name__}); see the backend log")
 
 
-def predict(backend: "DAMBackend", tasks: Sequence[dict[str, Any]], cfg: ParsedConfig,
-            loaded: "LoadedModel") -> tuple[list[Any], list[dict[str, Any]]]:
-    """(one entry per task, the failures): see the module docstring."""
+def predict(backend: "DAMBackend", tasks: Sequence[dict[str, Any]], cfg: ParsedConfig, loaded: "LoadedModel",
+            deadline: float) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(one entry per task, the failures): see the module docstring. `deadline`: time.monotonic() of the whole
+    request's end."""
     results: list[Any] = []
     failures: list[dict[str, Any]] = []
-    for task in tasks:
+    for index, task in enumerate(tasks):
+        if len(tasks) > 1 and time.monotonic() >= deadline:
+            late = DeadlineExceeded("not captioned: the request ran past its deadline (BATCH_DEADLINE_S)")
+            log.warning("%d of %d tasks left without a prediction: %s", len(tasks) - index, len(tasks), late)
+            if backend.metrics is not None:
+                backend.metrics.failed_tasks.inc(len(tasks) - index, reason=late.kind)
+            results += [[] for _ in tasks[index:]]
+            failures += [failure(t, late.kind, late) for t in tasks[index:]]
+            break
         try:
-            results.append(batch_task(backend, task, cfg, loaded))
-        except (ModelUnavailable, Overloaded):
+            results.append(batch_task(backend, task, cfg, loaded, deadline))
+        except (ModelUnavailable, Overloaded, SchedulerClosed):
             raise  # not this task's fault: the whole request is retried
         except Exception as exc:  # noqa: BLE001 - one broken task must not lose the others
             error = as_status_error(exc)
@@ -86,9 +100,14 @@ def predict(backend: "DAMBackend", tasks: Sequence[dict[str, Any]], cfg: ParsedC
             if len(tasks) == 1:
                 raise error from None  # one task: the status tells Label Studio (and the log) what went wrong
             results.append([])  # Label Studio stores no prediction: the task is retried next time
-            failures.append({"task": task.get("id") if isinstance(task.get("id"), int) else None,
-                             "reason": kind, "error": str(error)})
+            failures.append(failure(task, kind, error))
     return results, failures
+
+
+def failure(task: Any, kind: str, error: Exception) -> dict[str, Any]:
+    """One entry of the reply's "failed"."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return {"task": tid if isinstance(tid, int) else None, "reason": kind, "error": str(error)}
 
 
 def skip_region(backend: "DAMBackend", task: dict[str, Any], item: dict[str, Any], error: StatusError) -> None:
@@ -124,9 +143,10 @@ def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel") -> dict[str, Any]:
+def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",
+               deadline: float | None = None) -> dict[str, Any]:
     if cfg.is_video:
-        return video_task(backend, task, cfg, loaded)
+        return video_task(backend, task, cfg, loaded, deadline)
     regions = [r for r in collect_regions(task) if region_type(r) not in TRACK_TYPES
                and r.get("to_name", cfg.obj.name) == cfg.obj.name]
     if not regions and backend.settings.no_region_mode == "skip":
@@ -165,7 +185,7 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
                 queries.append(None)
     if not masks:
         return R.prediction([], [], loaded.version)  # auto mode found nothing: a real (empty) answer
-    captions = backend.describe(loaded, image, masks, queries)
+    captions, version = backend.describe(loaded, image, masks, queries, deadline=deadline)
     out, scores = [], []
     default_labels = [cfg.brush.labels[0]] if cfg.brush is not None and cfg.brush.labels else []
     for i, (mask, cap, mscore) in enumerate(zip(masks, captions, mask_scores)):
@@ -173,13 +193,13 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
         if kept:
             item = kept[i]
             region_id = str(item.get("id") or R.new_region_id())
-            out.append(R.echo_result({**item, "id": region_id}, loaded.version))
+            out.append(R.echo_result({**item, "id": region_id}, version))
         else:
             region_id = R.new_region_id()
-            out.append(R.brush_result(cfg, region_id, mask, default_labels, loaded.version, score))
-        out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
+            out.append(R.brush_result(cfg, region_id, mask, default_labels, version, score))
+        out.append(R.textarea_result(cfg, region_id, cap.text, width, height, version, score))
         scores.append(score)
-    return R.prediction(out, scores, loaded.version)
+    return R.prediction(out, scores, version)
 
 
 def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
@@ -190,7 +210,8 @@ def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
     return [int(i) for i in sample_frames(masks, n)]
 
 
-def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel") -> dict[str, Any]:
+def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",
+               deadline: float | None = None) -> dict[str, Any]:
     tracks = [r for r in collect_regions(task) if region_type(r) in TRACK_TYPES
               and r.get("to_name", cfg.obj.name) == cfg.obj.name]
     if not tracks:
@@ -237,18 +258,12 @@ def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
         if not idx:  # e.g. every keyframe lies past the end of the video: nothing of the track is shown
             skip_region(backend, task, item, EmptyMask(f"track {region_label(item)} is empty on every frame"))
             continue
-        try:
-            with loaded.lock:
-                cap = loaded.model.describe_video([frames[i] for i in idx], [masks[i] for i in idx],
-                                                  max_new_tokens=backend.settings.max_new_tokens)
-        except ValueError as exc:
-            raise ModelError(f"the model could not describe track {region_label(item)}: {exc}") from None
-        if backend.metrics is not None:
-            backend.metrics.regions.inc(1, kind="video")
+        cap, version = backend.describe_track([frames[i] for i in idx], [masks[i] for i in idx], deadline,
+                                              region_label(item))
         score = R.region_score(cap.confidence)
-        out.append(R.echo_result(item, loaded.version))
-        out.append(R.textarea_result(cfg, rid, cap.text, width, height, loaded.version, score))
+        out.append(R.echo_result(item, version))
+        out.append(R.textarea_result(cfg, rid, cap.text, width, height, version, score))
         scores.append(score)
     if not out:
         raise EmptyMask(f"every video track of the task is empty on every frame ({len(tracks)}): nothing to describe")
-    return R.prediction(out, scores, loaded.version)
+    return R.prediction(out, scores, version)

@@ -10,15 +10,21 @@ BATCH_MAX_WAIT_MS after that entry arrived for the batch to fill. Regions of one
 batch is ONE call (`describe_batch`; `describe_video` for a track). A submission's `Ticket` (a Future) resolves
 when all its regions are captioned.
 - Interactive first: kinds never share a call, and while a batch-kind call decodes, waiting clicks are captioned
-  between two of its decode steps (`dam_model.generation.between_steps`): a click waits one step, not a
-  200-region request, and the paused call resumes unchanged. (Strict priority: a stream of clicks slows bulk work.)
-- Backpressure: at most QUEUE_MAX_REGIONS regions wait; beyond, submit() raises `Overloaded` (503, retry_after_s
+  between two of its decode steps (`dam_model.generation.between_steps`, one click batch per step): a click waits
+  one step, not a 200-region request, and the paused call resumes unchanged. Fair share: after FAIR_SHARE_EVERY
+  click batches in a row while batch work waits, the next call is batch work, so a stream of clicks slows bulk
+  work but never starves it.
+- Backpressure: at most QUEUE_MAX_REGIONS regions wait; beyond, submit() raises `Overloaded` (503, retry_after
   from the measured throughput); one submission larger than the whole queue is `TooManyRegions` (413).
+- Failures: an error of a call shared by several submissions reruns each submission's regions on its own, so
+  one request's unusable region fails only that request.
 - Deadlines: entries whose deadline passed, or whose Ticket was cancelled (the client is gone), are dropped before
   they cost model time; `Ticket.wait()` raises `DeadlineExceeded` (504) when the deadline passes first.
 - Hot promotion: `get_model()` is called for every batch: a model swapped between batches serves the next one and
   nothing fails; each `Captioned` names the version that wrote it.
 - close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
+  The worker thread starts with the first submission (an app that never captions holds no thread); it is a daemon,
+  so in-flight requests finish during gunicorn's graceful shutdown and nothing waits on it at exit.
 """
 from __future__ import annotations
 
@@ -38,12 +44,13 @@ import numpy as np
 
 from dam_model.generation import between_steps
 
-from .errors import BackendError
+from .errors import BackendError, Overloaded
 
 log = logging.getLogger(__name__)
 
 INTERACTIVE, BATCH = "interactive", "batch"
 KINDS = (INTERACTIVE, BATCH)
+FAIR_SHARE_EVERY = 8  # click batches in a row while batch work waits, before one batch-kind call
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -93,28 +100,24 @@ class BatchingSettings:
 
 
 # ------------------------------------------------------------------------------------------------ errors
-class Overloaded(BackendError):
-    """The queue is full: answer 503 with `Retry-After: retry_after_s`."""
-    status = 503
-
-    def __init__(self, reason: str, retry_after_s: int) -> None:
-        super().__init__(reason)
-        self.retry_after_s = int(retry_after_s)
-
-
+# A full queue raises backend.errors.Overloaded (503 + Retry-After), the error the rest of the server uses.
 class TooManyRegions(BackendError):
     """One submission holds more regions than the whole queue."""
     status = 413
+    kind = "bad_request"
 
 
 class DeadlineExceeded(BackendError):
     """The work was not done before its deadline (or its client went away); it was dropped."""
     status = 504
+    kind = "overloaded"
 
 
 class SchedulerClosed(BackendError):
     """The server is shutting down."""
     status = 503
+    kind = "model_unavailable"
+    retry_after = 5
 
 
 # ------------------------------------------------------------------------------------------------ work
@@ -215,8 +218,8 @@ class Scheduler:
         self._queues: dict[str, deque[_Entry]] = {kind: deque() for kind in KINDS}
         self._closing = False
         self._regions_per_s: float | None = None  # throughput estimate for Retry-After
-        self._worker = threading.Thread(target=self._work, name="dam-batcher", daemon=True)
-        self._worker.start()
+        self._click_streak = 0  # click batches run in a row while batch work waited (fair share)
+        self._worker: threading.Thread | None = None
 
     # ---------------------------------------------------------------- request threads
     def submit(self, works: Sequence[Region | Track], *, kind: str = INTERACTIVE,
@@ -253,6 +256,9 @@ class Scheduler:
                                  "retry later", self._retry_after(queued))
             self._queues[kind].extend(entries)
             self.observer.queue_depth(kind, len(self._queues[kind]))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="dam-batcher", daemon=True)
+                self._worker.start()
             self._cond.notify()
         return ticket
 
@@ -268,7 +274,9 @@ class Scheduler:
             if not drain:
                 self._fail_all("the server is shutting down; the request was not captioned")
             self._cond.notify_all()
-        self._worker.join(timeout)
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
         with self._cond:
             self._fail_all("the server shut down before this request was captioned")
 
@@ -302,10 +310,20 @@ class Scheduler:
                 self._queues[kind] = deque(e for e in queue if not (e.ticket.done() or now > e.ticket.deadline))
                 self.observer.queue_depth(kind, len(self._queues[kind]))
 
+    def _pick_kind(self) -> str | None:
+        """Clicks first, but batch work gets every FAIR_SHARE_EVERY+1-th call while clicks keep coming."""
+        waiting = [k for k in KINDS if self._queues[k]]
+        if not waiting:
+            return None
+        if waiting == [INTERACTIVE, BATCH] and self._click_streak >= FAIR_SHARE_EVERY:
+            return BATCH
+        return waiting[0]
+
     def _take(self, kind: str) -> list[_Entry]:
         """Pop the head of `kind` and the entries with its key, up to the batch size (one track per call)."""
         key = self._queues[kind][0].key
         cap = self._cap(kind, key)
+        self._click_streak = self._click_streak + 1 if kind == INTERACTIVE and self._queues[BATCH] else 0
         batch, rest = [], deque()
         for entry in self._queues[kind]:
             (batch if entry.key == key and len(batch) < cap else rest).append(entry)
@@ -319,7 +337,7 @@ class Scheduler:
             while True:
                 now = time.monotonic()
                 self._purge(now)
-                kind = next((k for k in KINDS if self._queues[k]), None)
+                kind = self._pick_kind()
                 if kind is None:
                     if self._closing:
                         return None
@@ -343,15 +361,34 @@ class Scheduler:
                 log.exception("batching worker: unexpected error")
 
     def _run(self, batch: list[_Entry], served: Any = None) -> None:
+        """One model call for `batch`; `served` is given for clicks run between two decode steps of a bulk call
+        (that call already holds the model's lock)."""
+        kind, started = batch[0].ticket.kind, time.monotonic()
+        self.observer.batch_formed(kind, len(batch), [started - e.enqueued_at for e in batch])
+        nested = served is not None
+        if not nested:
+            try:
+                served = self.get_model()
+            except BaseException as error:  # noqa: BLE001 - e.g. no model loaded: every waiting request gets it
+                for entry in batch:
+                    entry.ticket._fail(error)
+                return
+        self._caption(batch, served, nested)
+
+    def _caption(self, batch: list[_Entry], served: Any, nested: bool) -> None:
         kind, started = batch[0].ticket.kind, time.monotonic()
         try:
-            self.observer.batch_formed(kind, len(batch), [started - e.enqueued_at for e in batch])
-            nested = served is not None  # a click served between decode steps: the lock is already held
-            served = served if nested else self.get_model()
             captions = self._call(served, batch, hold_lock=not nested, preemptible=kind == BATCH and not nested)
             if len(captions) != len(batch):
                 raise BackendError(f"model returned {len(captions)} captions for {len(batch)} regions")
-        except BaseException as error:  # noqa: BLE001 - every waiting request gets the error, none waits forever
+        except BaseException as error:  # noqa: BLE001 - every waiting request gets an answer, none waits forever
+            per_ticket: dict[int, list[_Entry]] = {}
+            for entry in batch:
+                per_ticket.setdefault(id(entry.ticket), []).append(entry)
+            if len(per_ticket) > 1:  # a shared call: rerun each request alone, so only the culprit fails
+                for entries in per_ticket.values():
+                    self._caption(entries, served, nested)
+                return
             for entry in batch:
                 entry.ticket._fail(error)
             return
@@ -389,11 +426,13 @@ class Scheduler:
         return [next(per_image[id(entry.work.image)]) for entry in batch]  # entries of an image kept their order
 
     def _serve_clicks(self, served: Any) -> None:
-        """Between two decode steps of a batch-kind batch: caption every waiting interactive entry now."""
-        while self._queues[INTERACTIVE]:  # unlocked peek; the locked take below decides
-            with self._cond:
-                self._purge(time.monotonic())
-                if not self._queues[INTERACTIVE]:
-                    return
-                batch = self._take(INTERACTIVE)
-            self._run(batch, served=served)
+        """Between two decode steps of a batch-kind call: caption one batch of waiting clicks now (one per step, so
+        the paused call still advances while clicks keep coming)."""
+        if not self._queues[INTERACTIVE]:  # unlocked peek; the locked take below decides
+            return
+        with self._cond:
+            self._purge(time.monotonic())
+            if not self._queues[INTERACTIVE]:
+                return
+            batch = self._take(INTERACTIVE)
+        self._run(batch, served=served)

@@ -23,6 +23,7 @@ from ls_io.label_config import ParsedConfig
 from ls_io.regions import (BRUSH_TYPES, KEYPOINT_TYPES, RECTANGLE_TYPES, keypoint_pixel, labels_of, rasterize,
                            rectangle_box, region_type)
 
+from .batching import INTERACTIVE
 from .errors import EmptyMask, Unprocessable
 
 if TYPE_CHECKING:  # type hints only: model.py imports this module
@@ -84,25 +85,25 @@ def predict(backend: "DAMBackend", task: dict[str, Any], ctx: list[Any], cfg: Pa
         emit.append(("new", labels))
     if not masks:
         return R.prediction([], [], loaded.version)
-    captions = backend.describe(loaded, image, masks, queries)
+    captions, version = backend.describe(loaded, image, masks, queries, kind=INTERACTIVE)
     out, scores = [], []
     for (what, payload), mask, cap, mscore in zip(emit, masks, captions, scores_mask):
         score = R.region_score(cap.confidence, mscore)
         if what == "echo":
             region_id = str(payload.get("id") or R.new_region_id())
-            out.append(R.echo_result({**payload, "id": region_id}, loaded.version))
+            out.append(R.echo_result({**payload, "id": region_id}, version))
         elif cfg.brush is None:
             # No brush in the config: a smart rectangle keeps its own geometry and gets the caption.
             if rect_item is None:
                 raise Unprocessable("label config has no <BrushLabels> to hold the predicted mask")
             region_id = str(rect_item.get("id") or R.new_region_id())
-            out.append(R.echo_result({**rect_item, "id": region_id}, loaded.version))
+            out.append(R.echo_result({**rect_item, "id": region_id}, version))
         else:
             region_id = R.new_region_id()
-            out.append(R.brush_result(cfg, region_id, mask, payload, loaded.version, score))
-        out.append(R.textarea_result(cfg, region_id, cap.text, width, height, loaded.version, score))
+            out.append(R.brush_result(cfg, region_id, mask, payload, version, score))
+        out.append(R.textarea_result(cfg, region_id, cap.text, width, height, version, score))
         scores.append(score)
-    return R.prediction(out, scores, loaded.version)
+    return R.prediction(out, scores, version)
 
 
 def _prompted_mask(backend: "DAMBackend", image: np.ndarray, points: list, point_labels: list[int],

@@ -135,6 +135,10 @@ class Registry:
         self._all = [self.requests, self.latency, self.regions, self.model_info, self.model_load, self.model_loads,
                      self.failed_tasks, self.skipped_regions]
 
+    def add(self, *metrics: _Metric) -> None:
+        """Render these too (metrics owned by another part, e.g. the batching scheduler's)."""
+        self._all += metrics
+
     def render(self) -> str:
         lines: list[str] = []
         for metric in self._all:

@@ -6,9 +6,12 @@ It is a thin adapter: label config -> regions (masks) -> dam_model (SAM 2 masks,
   is_positive gives the polarity) and/or a smart rectangle make ONE new region: SAM 2 mask -> brushlabels (RLE,
   255) then a textarea with the same uuid4 id. A brush drawn by the annotator gets a caption (its brush item is
   echoed first). Anything that makes no region is an error with a reason (the editor only shows errors).
-- Batch (no context; backend/batch.py): every region already in the task is captioned with ONE describe(image,
-  masks) call per image; tasks without regions follow NO_REGION_MODE; video tracks are read with Label Studio's
-  keyframe rule. A task that cannot be captioned gets NO prediction (`[]`), so Label Studio retries it later.
+- Batch (no context; backend/batch.py): every region already in the task is captioned; tasks without regions
+  follow NO_REGION_MODE; video tracks are read with Label Studio's keyframe rule. A task that cannot be captioned
+  gets NO prediction (`[]`), so Label Studio retries it later. One deadline (BATCH_DEADLINE_S) covers the request.
+Every caption comes from the batching scheduler (backend/batching.py): regions of concurrent requests share model
+calls, clicks (kind "interactive") go ahead of batch work, and each prediction carries the version of the model
+that wrote its captions (a promotion can land between two of a request's model calls).
 Region items are read by ls_io (geometry types, labels, percent -> pixels); results are built by ls_io.results.
 This module holds what both paths share: the task image, region masks, segmenter calls and the describe call,
 each of which refuses an empty mask before the model sees it (dam_model.focal raises on one).
@@ -16,6 +19,7 @@ each of which refuses an empty mask before the model sees it (dam_model.focal ra
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -29,6 +33,7 @@ from ls_io.regions import (BRUSH_TYPES, KEYPOINT_TYPES, POLYGON_TYPES, RECTANGLE
 from ls_io.rle import decode_rle
 
 from . import batch, interactive
+from .batching import BATCH, DeadlineExceeded, Generation, Region, Scheduler, Track
 from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, NotFound, Unprocessable
 from .jobs import TrainingJobs
 from .model_store import LoadedModel, ModelStore, SegmenterStore
@@ -55,13 +60,15 @@ class DAMBackend:
     """One instance per process (models live in the stores; this object only holds references)."""
 
     def __init__(self, settings: Settings, store: ModelStore, segmenters: SegmenterStore, fetcher: MediaFetcher,
-                 jobs: TrainingJobs, metrics=None) -> None:
+                 jobs: TrainingJobs, metrics=None, scheduler: Scheduler | None = None) -> None:
         self.settings = settings
         self.store = store
         self.segmenters = segmenters
         self.fetcher = fetcher
         self.jobs = jobs
         self.metrics = metrics
+        self.scheduler = scheduler or Scheduler(store.get)
+        self.generation = Generation(max_new_tokens=settings.max_new_tokens)
         self.label_config: str | None = None
 
     # ------------------------------------------------------------------ setup
@@ -105,11 +112,15 @@ class DAMBackend:
             if len(tasks) != 1:
                 raise BadRequest("an interactive request carries exactly one task")
             try:
-                return PredictReply([interactive.predict(self, tasks[0], ctx_results, cfg, loaded)], loaded.version)
+                results, failures = [interactive.predict(self, tasks[0], ctx_results, cfg, loaded)], []
             except ValueError as exc:  # a value the parsers or the model reject: the request's fault, never a 500
                 raise batch.as_status_error(exc) from None
-        results, failures = batch.predict(self, tasks, cfg, loaded)
-        return PredictReply(results, loaded.version, failures)
+        else:
+            deadline = time.monotonic() + self.scheduler.settings.batch_deadline_s
+            results, failures = batch.predict(self, tasks, cfg, loaded, deadline)
+        # The reply names the newest version that wrote a prediction (each prediction names its own).
+        versions = [r["model_version"] for r in results if isinstance(r, dict) and r.get("model_version")]
+        return PredictReply(results, versions[-1] if versions else loaded.version, failures)
 
     # --- what both paths share
     def image_of(self, task: dict[str, Any], cfg: ParsedConfig) -> np.ndarray:
@@ -138,32 +149,47 @@ class DAMBackend:
             return base.replace("the masked region", f"the masked region (a {label})", 1)
         return base.rstrip() + f" The region is a {label}."
 
-    def describe(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray],
-                 queries: list[str | None]) -> list[Any]:
-        """Captions for all masks of one image: one batched call per distinct query (one call without hints).
-        An empty mask never reaches the model; a ValueError of the model is the input's fault (ModelError, 422)."""
+    def describe(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray], queries: list[str | None],
+                 kind: str = BATCH, deadline: float | None = None) -> tuple[list[Any], str]:
+        """(captions of all masks of one image, the version that wrote them), through the scheduler: regions of one
+        query share calls, with other requests' regions too. `deadline`: time.monotonic() by which they must be
+        done (None: the kind's default). An empty mask never reaches the model; a ValueError of the model is the
+        input's fault (ModelError, 422)."""
         if any(not m.any() for m in masks):
             raise EmptyMask("a region has no pixels: nothing to describe")
-        captions: list[Any] = [None] * len(masks)
-        groups: dict[str | None, list[int]] = {}
-        for i, q in enumerate(queries):
-            groups.setdefault(q, []).append(i)
-        for query, idx in groups.items():
-            gen: dict[str, Any] = {"max_new_tokens": self.settings.max_new_tokens}
-            if query is not None:
-                gen["query"] = self.category_query(loaded.model, query)
-            try:
-                with loaded.lock:
-                    got = loaded.model.describe(image, [masks[i] for i in idx], **gen)
-            except ValueError as exc:
-                raise ModelError(f"the model could not describe the region: {exc}") from None
-            if len(got) != len(idx):
-                raise BackendError(f"model returned {len(got)} captions for {len(idx)} masks")
-            for i, cap in zip(idx, got):
-                captions[i] = cap
+        works = [Region(image, mask, None if query is None else self.category_query(loaded.model, query))
+                 for mask, query in zip(masks, queries)]
+        try:
+            done = self.scheduler.caption(works, kind=kind, generation=self.generation,
+                                          deadline_s=self._seconds_left(deadline))
+        except ValueError as exc:
+            raise ModelError(f"the model could not describe the region: {exc}") from None
+        if len(done) != len(masks):
+            raise BackendError(f"model returned {len(done)} captions for {len(masks)} masks")
         if self.metrics is not None:
             self.metrics.regions.inc(len(masks), kind="image")
-        return captions
+        return [c.caption for c in done], done[-1].model_version if done else loaded.version
+
+    def describe_track(self, frames: list[np.ndarray], masks: list[np.ndarray], deadline: float | None,
+                       name: str) -> tuple[Any, str]:
+        """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler."""
+        try:
+            done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,
+                                          deadline_s=self._seconds_left(deadline))
+        except ValueError as exc:
+            raise ModelError(f"the model could not describe track {name}: {exc}") from None
+        if self.metrics is not None:
+            self.metrics.regions.inc(1, kind="video")
+        return done[0].caption, done[0].model_version
+
+    @staticmethod
+    def _seconds_left(deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("the request ran past its deadline (BATCH_DEADLINE_S)")
+        return left
 
     def segmenter(self):
         try:

@@ -52,49 +52,72 @@ class RegionGrowSegmenter:
         rgb = as_rgb_uint8(image)
         height, width = rgb.shape[:2]
         pts, lbl, bx = validate_prompts(height, width, points, labels, box)
-        colours = rgb.astype(np.float32)
-        allowed = np.ones((height, width), dtype=bool)
+        # Growing never leaves the box: work on the box's pixels only (a view, no copy).
+        top, left, bottom, right = 0, 0, height, width
         if bx is not None:
             x0, y0, x1, y1 = bx
-            allowed[:] = False
-            allowed[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = True
+            top, left, bottom, right = int(np.floor(y0)), int(np.floor(x0)), int(np.ceil(y1)), int(np.ceil(x1))
+        area = rgb[top:bottom, left:right]
+        if not area.flags.writeable:  # cv2.floodFill takes the image as in/out even with FLOODFILL_MASK_ONLY
+            area = area.copy()
 
-        positives = [] if pts is None else [p for p, l in zip(pts, lbl) if l == 1]
-        negatives = [] if pts is None else [p for p, l in zip(pts, lbl) if l == 0]
-        mask = np.zeros((height, width), dtype=bool)
-        for point in positives:
-            mask |= self._grow(colours, allowed, point)
+        # each click's pixel (x == width, Label Studio's 100 %, is the last one), in the box's coordinates
+        clicks = [] if pts is None else [(min(int(y), height - 1) - top, min(int(x), width - 1) - left, label)
+                                         for (x, y), label in zip(pts, lbl)]
+        positives = [(row, col) for row, col, label in clicks if label == 1]
+        negatives = [(row, col) for row, col, label in clicks if label == 0]
+        inside = np.zeros(area.shape[:2], dtype=bool)
+        for row, col in positives:
+            inside |= self._grow(area, row, col)
         if not positives and bx is not None:
-            mask = self._dominant_components(rgb, colours, allowed)
-        for point in negatives:
-            mask &= ~self._grow(colours, allowed, point)
-        logits = np.where(mask, 1.0, -1.0).astype(np.float32)
-        return MaskPrediction(mask=mask, score=_solidity(mask), logits=logits)
+            inside = self._dominant_components(area)
+        for row, col in negatives:
+            inside &= ~self._grow(area, row, col)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[top:bottom, left:right] = inside
+        logits = np.full((height, width), -1.0, dtype=np.float32)
+        logits[mask] = 1.0
+        return MaskPrediction(mask=mask, score=_solidity(inside), logits=logits)
 
     # ----------------------------------------------------------------------------------------------
-    def _similar(self, colours: np.ndarray, reference: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        distance = np.sqrt(((colours - reference) ** 2).sum(axis=2))
-        return (distance <= self.tolerance) & allowed
+    def _grow(self, area: np.ndarray, row: int, col: int) -> np.ndarray:
+        """Connected region of the clicked pixel's colour within `area` (empty when the click is outside it).
 
-    def _grow(self, colours: np.ndarray, allowed: np.ndarray, point: np.ndarray) -> np.ndarray:
-        """Connected region of the clicked pixel's colour (empty when the click is outside `allowed`)."""
-        height, width = allowed.shape
-        col, row = min(int(point[0]), width - 1), min(int(point[1]), height - 1)
-        if not allowed[row, col]:
-            return np.zeros_like(allowed)
-        similar = self._similar(colours, colours[row, col], allowed)
-        _, components = cv2.connectedComponents(similar.astype(np.uint8), connectivity=4)
-        return components == components[row, col]
+        Why a flood fill first: it visits only the region (not the whole image) under the per-channel test
+        |diff| <= tolerance, which every pixel within the Euclidean tolerance passes; the exact test then runs on
+        the filled pixels alone, and only when some fail are the components recomputed inside the fill's rectangle.
+        """
+        height, width = area.shape[:2]
+        grown = np.zeros((height, width), dtype=bool)
+        if not (0 <= row < height and 0 <= col < width):
+            return grown
+        reach = min(int(np.floor(self.tolerance)), 255)
+        fill = np.zeros((height + 2, width + 2), dtype=np.uint8)
+        flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (1 << 8)
+        _, _, _, (x, y, w, h) = cv2.floodFill(area, fill, (col, row), 0, (reach,) * 3, (reach,) * 3, flags)
+        filled = fill[1 + y : 1 + y + h, 1 + x : 1 + x + w].view(bool)
+        offsets = area[y : y + h, x : x + w][filled].astype(np.int32) - area[row, col].astype(np.int32)
+        near = np.einsum("ij,ij->i", offsets, offsets) <= self.tolerance**2
+        if near.all():
+            grown[y : y + h, x : x + w] = filled
+            return grown
+        similar = np.zeros((h, w), dtype=np.uint8)
+        similar[filled] = near
+        _, components = cv2.connectedComponents(similar, connectivity=4)
+        grown[y : y + h, x : x + w] = components == components[row - y, col - x]
+        return grown
 
-    def _dominant_components(self, rgb: np.ndarray, colours: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        inside = rgb[allowed]
-        bins = (inside[:, 0] >> 4).astype(np.int32) * 256 + (inside[:, 1] >> 4) * 16 + (inside[:, 2] >> 4)
+    def _dominant_components(self, area: np.ndarray) -> np.ndarray:
+        """Components of the box's dominant colour, as large as `min_component_fraction` of the largest."""
+        pixels = area.reshape(-1, 3)
+        bins = (pixels[:, 0] >> 4).astype(np.int32) * 256 + (pixels[:, 1] >> 4) * 16 + (pixels[:, 2] >> 4)
         dominant_bin = np.bincount(bins, minlength=4096).argmax()
-        reference = inside[bins == dominant_bin].astype(np.float32).mean(axis=0)
-        similar = self._similar(colours, reference, allowed)
-        count, components, stats, _ = cv2.connectedComponentsWithStats(similar.astype(np.uint8), connectivity=4)
+        reference = pixels[bins == dominant_bin].astype(np.float32).mean(axis=0)
+        distance = np.sqrt(((area.astype(np.float32) - reference) ** 2).sum(axis=2))
+        similar = (distance <= self.tolerance).astype(np.uint8)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(similar, connectivity=4)
         if count <= 1:
-            return np.zeros_like(allowed)
+            return np.zeros(area.shape[:2], dtype=bool)
         areas = stats[1:, cv2.CC_STAT_AREA]
         keep = 1 + np.flatnonzero(areas >= self.min_component_fraction * areas.max())
         return np.isin(components, keep)
@@ -102,9 +125,13 @@ class RegionGrowSegmenter:
 
 def _solidity(mask: np.ndarray) -> float:
     """Mask area / area of its filled convex hull (pixels), 0 for an empty mask."""
-    if not mask.any():
+    area = int(np.count_nonzero(mask))
+    if not area:
         return 0.0
-    hull = cv2.convexHull(cv2.findNonZero(mask.astype(np.uint8)))
-    filled = np.zeros(mask.shape, dtype=np.uint8)
-    cv2.fillConvexPoly(filled, hull, 1)
-    return float(mask.sum() / max(int(filled.sum()), 1))
+    # The hull of the outer contours is the hull of every pixel (its corners lie on them), from far fewer points.
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    x, y, w, h = cv2.boundingRect(hull)
+    filled = np.zeros((h, w), dtype=np.uint8)  # the hull's bounding box only, not the whole image
+    cv2.fillConvexPoly(filled, hull - np.array([x, y], dtype=hull.dtype), 1)
+    return float(area / max(int(np.count_nonzero(filled)), 1))

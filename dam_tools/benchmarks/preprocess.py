@@ -1,7 +1,8 @@
 """Region preprocessing: dam_model.focal.preprocess_regions (shared work, vectorised) vs a straightforward
 per-region PIL pipeline (the release's way: every region re-resizes the full image, masks as 3-channel RGB,
 float arithmetic per view). Both produce the same float32 [N, 8, 384, 384] tensor (asserted bit-equal first).
-Image 1280x960 RGB, 8 regions of varied size; median of repeats in ms. dam_model is timed serially (workers=1)
+Image 1280x960 RGB, 8 regions of varied size; median of repeats in ms, the two sides timed in alternation (one
+run of each per round), so load from other processes hits both alike. dam_model is timed serially (workers=1)
 (its default) and, for information, with a thread pool over regions; the per-region pipeline is serial.
 ratio = per-region pipeline time / dam_model serial time (like for like, one thread each).
 """
@@ -51,14 +52,17 @@ def per_region_pipeline(image: np.ndarray, masks: list[np.ndarray], size: int = 
     return np.stack(out)
 
 
-def _median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def _median_ms(*fns, repeat: int) -> list[float]:
+    """Median wall time (ms) of each function, run in alternation: one run of each per round, after a warm-up."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
         fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(spent) for spent in times]
 
 
 def run(args) -> float:
@@ -71,11 +75,11 @@ def run(args) -> float:
     print(f"image 1280x960, {len(masks)} regions -> float32 {tuple(fast.pixel_values.shape)}; "
           f"{int(fast.is_focal.sum())} focal, tensors bit-identical")
     threads = max(2, default_workers())
-    per_region = _median_ms(lambda: per_region_pipeline(image, masks), repeat)
-    vectorised = _median_ms(lambda: preprocess_regions(image, masks, SIZE), repeat)
-    threaded = _median_ms(lambda: preprocess_regions(image, masks, SIZE, workers=threads), repeat)
-    one_slow = _median_ms(lambda: per_region_pipeline(image, masks[:1]), repeat)
-    one_fast = _median_ms(lambda: preprocess_regions(image, masks[:1], SIZE), repeat)
+    per_region, vectorised = _median_ms(lambda: per_region_pipeline(image, masks),
+                                        lambda: preprocess_regions(image, masks, SIZE), repeat=repeat)
+    threaded, = _median_ms(lambda: preprocess_regions(image, masks, SIZE, workers=threads), repeat=repeat)
+    one_slow, one_fast = _median_ms(lambda: per_region_pipeline(image, masks[:1]),
+                                    lambda: preprocess_regions(image, masks[:1], SIZE), repeat=repeat)
     print(f"per-region PIL pipeline, 1 thread : {per_region:8.1f} ms for 8 regions ({one_slow:.1f} ms for 1)")
     print(f"dam_model shared work, 1 thread   : {vectorised:8.1f} ms for 8 regions ({one_fast:.1f} ms for 1)")
     print(f"dam_model shared work, {threads} threads  : {threaded:8.1f} ms for 8 regions "

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.batching import (BATCH, INTERACTIVE, BatchingSettings, DeadlineExceeded, Generation, Overloaded, Region,
-                              Scheduler, SchedulerClosed, TooManyRegions, Track)
+from backend.batching import (BATCH, FAIR_SHARE_EVERY, INTERACTIVE, BatchingSettings, DeadlineExceeded, Generation,
+                              Overloaded, Region, Scheduler, SchedulerClosed, TooManyRegions, Track)
 from backend.batching_metrics import SchedulerMetrics
 from backend.metrics import Registry
 from dam_model.generation import Caption, GenerationSettings, generate
@@ -189,7 +189,7 @@ def test_the_queue_bound_rejects_with_retry_after_and_every_submit_gets_an_answe
                                                           kind=INTERACTIVE if i % 2 else BATCH))
     tickets = [o for o in outcomes if not isinstance(o, Exception)]
     refused = [o for o in outcomes if isinstance(o, Exception)]
-    assert all(isinstance(e, Overloaded) and e.status == 503 and e.retry_after_s >= 1 for e in refused), refused
+    assert all(isinstance(e, Overloaded) and e.status == 503 and e.retry_after >= 1 for e in refused), refused
     assert 8 <= len(tickets) <= 8 + 4 and len(tickets) + len(refused) == 24  # the bound (+ one batch taken out)
     model.gate.set()
     for i, outcome in enumerate(outcomes):  # every accepted submit gets its own caption
@@ -202,6 +202,57 @@ def test_the_queue_bound_rejects_with_retry_after_and_every_submit_gets_an_answe
     with pytest.raises(TooManyRegions, match="QUEUE_MAX_REGIONS=8") as too_many:
         scheduler.submit([Region(image, mask_of_area(1))] * 9, kind=BATCH)
     assert too_many.value.status == 413
+
+
+def test_a_stream_of_clicks_slows_bulk_work_but_never_starves_it(make_scheduler):
+    """A click arrives during every model call, so one always waits: batch work still gets every
+    FAIR_SHARE_EVERY+1-th call."""
+    image = np.zeros((16, 32, 3), dtype=np.uint8)
+    log: list[str] = []
+
+    class Busy(FakeCaptioner):
+        def describe_batch(self, items, **gen):
+            areas = [int(np.count_nonzero(m)) for _, masks in items for m in masks]
+            log.append("bulk" if areas[0] < 100 else "click")
+            if len(log) < 60:  # the next click is already waiting when this call ends
+                scheduler.submit([Region(image, mask_of_area(100 + len(log)))])
+            return super().describe_batch(items, **gen)
+
+    model = Busy(delay=0.001)
+    scheduler = make_scheduler(served(model), batch_max_size=1, bulk_batch_max_size=4, batch_max_wait_ms=0)
+    model.gate.clear()  # the first click's call waits until the bulk work is queued too
+    first_click = scheduler.submit([Region(image, mask_of_area(100))])
+    bulk = scheduler.submit([Region(image, mask_of_area(1 + i)) for i in range(8)], kind=BATCH)
+    model.gate.set()
+    assert [area_of(c) for c in bulk.result(10)] == list(range(1, 9)) and first_click.result(10)
+    assert log.index("bulk") <= FAIR_SHARE_EVERY + 1 and log.count("bulk") == 2
+    assert log[: log.index("bulk")].count("click") >= FAIR_SHARE_EVERY  # clicks still went first
+
+
+def test_an_unusable_region_fails_only_its_own_request_when_calls_are_shared(make_scheduler):
+    attempts: list[int] = []
+
+    class Picky(FakeCaptioner):
+        def describe_batch(self, items, **gen):
+            attempts.append(sum(len(masks) for _, masks in items))
+            if any(np.count_nonzero(m) == 13 for _, masks in items for m in masks):
+                raise ValueError("mask 13 is unusable")
+            return super().describe_batch(items, **gen)
+
+    model = Picky(delay=0.02)
+    scheduler = make_scheduler(served(model), batch_max_wait_ms=50)
+    image = np.zeros((16, 32, 3), dtype=np.uint8)
+    outcomes = run_threads(4, lambda i: scheduler.caption([Region(image, mask_of_area(13 if i == 2 else 20 + i))]))
+    assert isinstance(outcomes[2], ValueError)
+    assert [area_of(outcomes[i][0]) for i in (0, 1, 3)] == [20, 21, 23]
+    assert attempts == [4, 1, 1, 1, 1]  # the shared call failed; each request was then rerun alone
+
+
+def test_no_worker_thread_until_the_first_submission(make_scheduler):
+    scheduler = make_scheduler(served(FakeCaptioner()))
+    assert scheduler._worker is None
+    image = np.zeros((16, 32, 3), dtype=np.uint8)
+    assert area_of(scheduler.caption([Region(image, mask_of_area(3))])[0]) == 3 and scheduler._worker.is_alive()
 
 
 def test_expired_and_cancelled_work_is_dropped_without_a_model_call(make_scheduler):
@@ -241,11 +292,16 @@ def test_swapping_the_model_between_batches_fails_nothing(make_scheduler):
     scheduler = make_scheduler(lambda: current["served"], batch_max_size=4, batch_max_wait_ms=1)
     image = np.zeros((16, 32, 3), dtype=np.uint8)
     stop = threading.Event()
+    written: set[str] = set()
 
     def promote() -> None:
-        for version in ("v2", "v3", "v4"):
-            time.sleep(0.03)
-            current["served"] = served(FakeCaptioner(version, delay=0.005), version)
+        for version in ("v1", "v2", "v3", "v4"):
+            if version != "v1":
+                current["served"] = served(FakeCaptioner(version, delay=0.005), version)
+            deadline = time.monotonic() + 10
+            while version not in written and time.monotonic() < deadline:  # each version serves before the next
+                time.sleep(0.005)
+            time.sleep(0.02)
         stop.set()
 
     swapper = threading.Thread(target=promote)
@@ -258,6 +314,7 @@ def test_swapping_the_model_between_batches_fails_nothing(make_scheduler):
             assert [area_of(c) for c in captions] == [1 + i, 20 + i]
             assert all(c.caption.text.startswith(c.model_version) for c in captions)  # the version that wrote it
             got += [c.model_version for c in captions]
+            written.update(c.model_version for c in captions)
         return got
 
     results = run_threads(6, annotate)

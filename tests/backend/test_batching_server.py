@@ -2,7 +2,6 @@
 reason, /health answers throughout, and every request gets an answer (none lost, none hung)."""
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 
@@ -10,11 +9,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from backend.model import DAMBackend
 from bk_helpers import IMAGE_CONFIG
-
-pytestmark = pytest.mark.skipif("scheduler" not in inspect.signature(DAMBackend.__init__).parameters,
-                                reason="the batching scheduler is not wired into DAMBackend yet")
 
 
 @pytest.fixture
@@ -77,3 +72,26 @@ def test_a_flood_past_the_queue_bound_gets_503_retry_after_and_health_stays_up(l
     assert health and max(health) < 2.0  # /health never waited behind the model
     metrics = requests.get(live_server + "/metrics", timeout=5).text
     assert 'dam_backend_rejected_total{kind="interactive",reason="queue_full"}' in metrics
+
+
+def test_one_deadline_covers_a_batch_request_and_the_late_tasks_get_no_prediction(make_app, fake_dam, monkeypatch):
+    """BATCH_DEADLINE_S bounds the whole request, not each task: the tasks not captioned in time get [] (Label Studio
+    retries them), those done keep their predictions; a single late task is a 504."""
+    monkeypatch.setenv("BATCH_DEADLINE_S", "0.5")
+    fake_dam.delay = 0.2
+    client = make_app().test_client()
+    rectangle = {"type": "rectanglelabels", "from_name": "box", "to_name": "image", "original_width": 64,
+                 "original_height": 48, "value": {"x": 10, "y": 10, "width": 20, "height": 20}}
+    tasks = [{"id": i, "data": {"image": "images/img1.png"},
+              "annotations": [{"result": [{**rectangle, "id": f"r{i}"}]}]} for i in range(6)]
+    start = time.monotonic()
+    reply = client.post("/predict", json={"tasks": tasks, "label_config": IMAGE_CONFIG})
+    assert reply.status_code == 200 and time.monotonic() - start < 0.5 + 0.2 + 0.3
+    results = reply.json["results"]
+    done = [r for r in results if r]
+    assert 1 <= len(done) <= 3 and results[len(done):] == [[]] * (6 - len(done))
+    assert [f["task"] for f in reply.json["failed"]] == list(range(len(done), 6))
+    assert {f["reason"] for f in reply.json["failed"]} == {"overloaded"}
+    fake_dam.delay = 0.8
+    late = client.post("/predict", json={"tasks": tasks[:1], "label_config": IMAGE_CONFIG})
+    assert late.status_code == 504 and "deadline" in late.json["error"]

@@ -7,7 +7,7 @@ import re
 import threading
 import time
 
-
+from backend.app import backend_of
 from backend.model_store import ModelStore, folder_version
 from bk_helpers import CAPTURED_CONFIG, FakeDAM, predict_body
 
@@ -108,6 +108,55 @@ def test_poller_swaps_in_background_and_inflight_request_completes(make_app, tmp
     r = client.post("/predict", json=body)
     assert r.json["results"][0]["model_version"] == "v2" and r.json["results"][0]["result"][1]["value"]["text"][0].startswith("v2 ")
     assert "v2" in client.get("/versions").json["versions"]
-    from backend.app import backend_of
+    backend_of(app).store.stop()
 
+
+def test_promotions_under_load_fail_no_request_and_each_prediction_names_its_writer(make_app, tmp_path):
+    """Clicks and batch requests from 6 threads through the batching scheduler while the poller swaps v1 -> v2 -> v3:
+    every request answers 200, and every prediction's model_version is the version whose model wrote its captions."""
+    root = tmp_path / "models"
+    promote(root, "v1")
+    loader = Loader()
+    # MAX_BATCH_REQUESTS off: three batch threads at once, none turned away (that gate is tested in test_hostile)
+    app = make_app(loader=loader, models_root=str(root), model_poll_seconds=0.02, max_batch_requests=0)
+    config = CAPTURED_CONFIG.replace(
+        "</View>", '<RectangleLabels name="box" toName="image"><Label value="object"/></RectangleLabels></View>')
+    rectangle = {"id": "r1", "type": "rectanglelabels", "from_name": "box", "to_name": "image", "original_width": 64,
+                 "original_height": 48, "value": {"x": 10, "y": 10, "width": 20, "height": 20}}
+    click = {"id": "k1", "type": "keypointlabels", "from_name": "point", "to_name": "image", "is_positive": True,
+             "original_width": 64, "original_height": 48, "value": {"x": 40, "y": 50, "keypointlabels": ["object"]}}
+    image = {"image": "images/img1.png"}
+    batch = predict_body([{"id": i, "data": image, "annotations": [{"result": [rectangle]}]} for i in range(3)], config)
+    clicks = predict_body([{"id": 9, "data": image}], config, {"result": [click]})
+    stop = threading.Event()
+    replies: list = []
+
+    def annotator(i: int) -> None:
+        client = app.test_client()
+        while not stop.is_set():
+            replies.append(client.post("/predict", json=clicks if i % 2 else batch))
+
+    assert app.test_client().post("/predict", json=clicks).status_code == 200  # v1 loaded
+    loader.models["v1"].delay = 0.005  # its calls take a little time, so a swap lands during one
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for version in ("v2", "v3"):
+        time.sleep(0.3)
+        promote(root, version)
+    deadline = time.time() + 5
+    while time.time() < deadline and app.test_client().get("/health").json["model_version"] != "v3":
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert replies and [r.status_code for r in replies if r.status_code != 200] == []
+    written = set()
+    for reply in replies:
+        for prediction in reply.json["results"]:
+            texts = [item["value"]["text"][0] for item in prediction["result"] if item["type"] == "textarea"]
+            assert texts and all(text.startswith(prediction["model_version"] + " ") for text in texts), prediction
+            written.add(prediction["model_version"])
+    assert written == {"v1", "v2", "v3"}
     backend_of(app).store.stop()

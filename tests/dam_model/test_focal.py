@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dam_model.focal import (focal_crop_box, focal_crop_from_box, is_full_image, mask_box, preprocess_regions,
-                             select_video_frames)
+from PIL import Image
+
+from dam_model.focal import (focal_crop_box, focal_crop_from_box, is_full_image, mask_box, normalisation_lut,
+                             normalise_into, preprocess_regions, resize_mask, select_video_frames)
 
 
 def box_mask(h, w, x0, y0, x1, y1):
@@ -102,6 +104,35 @@ def test_pil_and_uint8_masks_accepted(scene):
     a = preprocess_regions(Image.fromarray(images[0]), [Image.fromarray(masks[0][1].astype(np.uint8) * 255)], 28)
     b = preprocess_regions(images[0], [masks[0][1].astype(np.uint8)], 28)
     assert np.array_equal(a.pixel_values_u8, b.pixel_values_u8)
+
+
+def test_arithmetic_normalisation_equals_the_official_table_on_every_level():
+    levels = np.arange(256, dtype=np.uint8)
+    got = np.empty(256, dtype=np.float32)
+    normalise_into(got, levels)
+    assert np.array_equal(got, normalisation_lut())
+
+
+@pytest.mark.parametrize("height, width, size", [(96, 128, 28), (60, 50, 384), (40, 40, 40), (33, 97, 64)])
+def test_mask_resize_over_the_foreground_only_equals_pil_on_the_whole_image(height, width, size):
+    """Down-, up- and same-size resizes of masks of every shape and place (edges, single pixels, views of a larger
+    array) are bit-identical to PIL's bicubic resize of the whole 0/255 image."""
+    rng = np.random.default_rng(height * width + size)
+    base = np.zeros((height + 10, width + 10), dtype=bool)
+    for trial in range(40):
+        base[:] = False
+        mask = base[5 : 5 + height, 3 : 3 + width]  # a strided view, as a focal crop of a mask is
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        x1, y1 = int(rng.integers(x0 + 1, width + 1)), int(rng.integers(y0 + 1, height + 1))
+        if trial % 4 == 0:
+            mask[y0, x0] = True  # one pixel
+        else:
+            mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
+            mask[y0, x0] = True
+        expected = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BICUBIC))
+        got, first, end = resize_mask(mask, mask_box(mask), size)
+        assert np.array_equal(got, expected), trial
+        assert not expected[:, :first].any() and not expected[:, end:].any()
 
 
 def test_video_frame_rule():

@@ -1,6 +1,7 @@
 """The classical region-growing fallback on flat-coloured shapes over a textured background; the factory."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -66,6 +67,20 @@ def test_box_restricts_growing():
     expected = left.copy()
     expected[:, 45:] = False
     assert _iou(prediction.mask, expected) > 0.9
+
+
+def test_growing_is_the_euclidean_connected_region_also_where_a_channel_wise_fill_overshoots():
+    """On a noisy gradient the fast path's channel-wise flood fill takes pixels beyond the Euclidean tolerance;
+    the result must still be exactly the 4-connected region of pixels within it, read off the whole image."""
+    rng = np.random.default_rng(5)
+    ramp = np.add.outer(np.arange(90), np.arange(130))[:, :, None] * np.array([0.3, 0.5, 0.7])
+    image = np.clip(ramp + rng.integers(0, 25, (90, 130, 3)), 0, 255).astype(np.uint8)
+    segmenter = RegionGrowSegmenter(tolerance=30)
+    for x, y in [(10, 10), (64, 45), (129, 89), (100, 20)]:
+        distance = np.sqrt(((image.astype(np.float64) - image[y, x]) ** 2).sum(axis=2))
+        _, components = cv2.connectedComponents((distance <= 30).astype(np.uint8), connectivity=4)
+        expected = components == components[y, x]
+        assert np.array_equal(segmenter.predict(image, points=[[x, y]], labels=[1]).mask, expected)
 
 
 def test_bad_inputs():
