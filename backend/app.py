@@ -1,6 +1,7 @@
 """Flask app factory speaking Label Studio's ML-backend protocol.
 
-Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /versions, GET /metrics.
+Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /versions (+ the served
+model's provenance and licences), GET /metrics.
 Errors are JSON `{"error": "<one-line reason>", "reason": "<kind>"}` with 400/401/403/404/413/422/502/503/504, the
 reason also in the HTTP status line (Label Studio shows only that: backend/bodies.py); 503s carry Retry-After.
 No traceback or secret is ever in a reply; the worker keeps serving.
@@ -211,7 +212,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
 
     @app.get("/versions")
     def versions():
-        return jsonify(versions=store.versions(), current=store.model_version)
+        return jsonify(versions=store.versions(), current=store.model_version, model_info=store.model_info())
 
     @app.get("/metrics")
     def prometheus():

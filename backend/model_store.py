@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dam_model.segmentation import RegionGrowSegmenter, Sam2Segmenter
-from dam_model.versions import POINTER_NAME, VERSIONS_DIR, folder_version, parse_pointer, read_local_pointer
+from dam_model.versions import (POINTER_NAME, PROVENANCE_NAME, VERSIONS_DIR, folder_version, parse_pointer,
+                                read_local_pointer, segmenter_record, version_info)
 
 from .errors import ModelUnavailable
 from .s3_models import ModelSourceError, S3Models
@@ -178,6 +179,22 @@ class ModelStore:
     def loaded(self) -> LoadedModel | None:
         return self._current
 
+    def model_info(self) -> dict[str, Any]:
+        """The served model's provenance (its folder's provenance.json through dam_model.versions.version_info: base
+        model and licence, training data, the metrics that promoted it) and the segmenter with its licence."""
+        current = self._current
+        source = current.source if current is not None else (self._last_spec or self._default_spec()).source
+        provenance = None
+        path = Path(source) / PROVENANCE_NAME
+        if path.is_file():
+            try:
+                provenance = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable %s: %s", path, exc)
+        s = self.settings
+        return {**version_info(provenance, source), "version": self.model_version,
+                "segmenter": segmenter_record(s.segmenter, s.sam2_model, s.sam2_checkpoint)}
+
     # ---------- loading ----------
     def _fetch(self, spec: ModelSpec) -> None:
         """Make `spec.source` exist locally (download an s3:// version unless cached). Raises ModelSourceError."""
@@ -325,10 +342,11 @@ class SegmenterStore:
             return None
         if kind in {"region", "color"}:
             return RegionGrowSegmenter()
-        if not self.settings.sam2_checkpoint:
-            raise ModelUnavailable("SEGMENTER=sam2 needs SAM2_CHECKPOINT (or set SEGMENTER=region or none)")
-        return Sam2Segmenter.from_checkpoint(self.settings.sam2_config, self.settings.sam2_checkpoint, device=self._device,
-                                             dtype="bfloat16" if self._device.startswith("cuda") else "float32")
+        dtype = "bfloat16" if self._device.startswith("cuda") else "float32"
+        if self.settings.sam2_checkpoint:  # a local checkpoint wins over the hub id
+            return Sam2Segmenter.from_checkpoint(self.settings.sam2_config, self.settings.sam2_checkpoint,
+                                                 device=self._device, dtype=dtype)
+        return Sam2Segmenter.from_pretrained(self.settings.sam2_model, device=self._device, dtype=dtype)
 
     def get(self) -> Any:
         """The segmenter, or None when SEGMENTER=none."""

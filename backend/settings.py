@@ -6,6 +6,7 @@ with the variable's name, so a typo fails at start-up rather than at the first r
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,8 @@ def _bool(name: str, raw: str) -> bool:
         return False
     raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
 
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 # field -> variable read when the field's own variable is unset (the same fallback dam_loop/models_root.py applies)
 _ENV_FALLBACKS = {"models_s3_endpoint_url": "S3_ENDPOINT_URL"}
@@ -80,10 +83,13 @@ class Settings:
     segmenter: str = "sam2"
     """sam2 (SAM 2 checkpoint), region (colour region growing, offline demo; alias color) or none (no smart tools:
     rectangles become box masks, keypoints are refused)."""
+    sam2_model: str = "facebook/sam2.1-hiera-large"
+    """SAM 2.1 by hub id (facebook/sam2.1-hiera-tiny/-small/-base-plus/-large), loaded through sam2's own hub table
+    into the Hugging Face cache on first use (HF_HUB_OFFLINE=1 afterwards). SAM2_CHECKPOINT, when set, wins."""
     sam2_config: str = "sam2.1_hiera_l"
-    """SAM 2 config name (sam2.1_hiera_t/_s/_b+/_l or an alias such as large)."""
+    """SAM 2 config name of SAM2_CHECKPOINT (sam2.1_hiera_t/_s/_b+/_l or an alias such as large)."""
     sam2_checkpoint: str = ""
-    """Path to the SAM 2 checkpoint (.pt)."""
+    """Path to a local SAM 2 checkpoint (.pt); empty: SAM2_MODEL from the hub."""
     no_region_mode: str = "skip"
     """skip: a task without regions gets an empty result; auto: SAM 2 automatic masks, each described."""
     auto_max_masks: int = 16
@@ -154,6 +160,8 @@ class Settings:
                 parse_s3_url(self.models_root)
             except ValueError as exc:
                 raise ValueError(f"MODELS_ROOT: {exc}") from None
+        if self.segmenter == "sam2" and not self.sam2_checkpoint and not _HUB_ID.fullmatch(self.sam2_model):
+            raise ValueError(f"SAM2_MODEL={self.sam2_model!r} is not a hub id (owner/name); set it or SAM2_CHECKPOINT")
         if self.max_batch_requests < 0:
             raise ValueError("MAX_BATCH_REQUESTS must be >= 0 (0: no limit)")
         if self.model_poll_seconds < 0:

@@ -94,3 +94,74 @@ def served_model(models_root: str, default_source: str, model_name: str) -> tupl
     if pointer is not None:
         return pointer[0], str(pointer[1])
     return folder_version(model_name, default_source), default_source
+
+
+# ------------------------------------------------------------------------------------------- provenance and licences
+# What the model cards say; recorded in every version's provenance.json (base_model) and shown by the backend.
+# nvidia/DAM-3B and nvidia/DAM-3B-Video: "NVIDIA Noncommercial License" (their Hugging Face model cards).
+# SAM 2.1: facebookresearch/sam2 README, "The SAM 2 model checkpoints, SAM 2 demo code (front-end and back-end),
+# and SAM 2 training code are licensed under Apache 2.0".
+NVIDIA_NONCOMMERCIAL = {"licence": "NVIDIA Noncommercial License",
+                        "licence_url": "https://huggingface.co/nvidia/DAM-3B/blob/main/LICENSE"}
+KNOWN_BASE_MODELS: dict[str, dict[str, str]] = {
+    "nvidia/DAM-3B": {**NVIDIA_NONCOMMERCIAL, "model_card": "https://huggingface.co/nvidia/DAM-3B"},
+    "nvidia/DAM-3B-Video": {**NVIDIA_NONCOMMERCIAL, "model_card": "https://huggingface.co/nvidia/DAM-3B-Video"},
+}
+SAM2_LICENCE = {"licence": "Apache-2.0", "licence_url": "https://github.com/facebookresearch/sam2/blob/main/LICENSE",
+                "source": "facebookresearch/sam2 README: the SAM 2 model checkpoints are licensed under Apache 2.0"}
+PROJECT_LICENCE = {"licence": "MIT", "licence_url": "LICENSE (this repository)"}
+UNKNOWN_LICENCE = "unknown: not a model this project knows; check its model card"
+
+
+def tiny_base_model(profile: str, cache_key: str) -> dict[str, str]:
+    """The base-model record of a tiny DAM built here (dam_tools.build_tiny_model): no pretrained weights."""
+    return {"id": f"tiny-dam/{profile}", **PROJECT_LICENCE, "cache_key": cache_key,
+            "built_from": "random initialisation, trained on synthetic scenes (dam_model.synthetic)"}
+
+
+def base_model_of(init: str | None, init_provenance: dict[str, Any] | None = None) -> dict[str, str]:
+    """The base model of a model fine-tuned from ``init`` (a hub id or a folder).
+
+    A folder that records its own base model passes it on (lineage survives any number of fine-tunings); a known hub
+    id gets its model card's licence; anything else is named with an unknown licence rather than guessed.
+    """
+    inherited = (init_provenance or {}).get("base_model")
+    if isinstance(inherited, dict) and inherited.get("id"):
+        return dict(inherited)
+    name = str(init or "").rstrip("/")
+    if name in KNOWN_BASE_MODELS:
+        return {"id": name, **KNOWN_BASE_MODELS[name]}
+    return {"id": name or "unknown", "licence": UNKNOWN_LICENCE}
+
+
+def segmenter_record(segmenter: str, sam2_model: str = "", sam2_checkpoint: str = "") -> dict[str, str]:
+    """The segmenter a backend serves and its licence (SAM 2.1 checkpoints: Apache-2.0; region growing: ours)."""
+    if segmenter != "sam2":
+        return {"id": segmenter, **(PROJECT_LICENCE if segmenter in {"region", "color"} else {"licence": "none"})}
+    return {"id": sam2_checkpoint or sam2_model, **SAM2_LICENCE}
+
+
+def with_lineage(record: dict[str, Any], init_provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``record`` (a version's provenance) completed with ``base_model`` and ``training_data`` when it lacks them:
+    the base model from its init model (train_config.extra.init_model), the data from its snapshot id and counts."""
+    out = dict(record)
+    extra = (out.get("train_config") or {}).get("extra") or out.get("extra") or {}
+    if "base_model" not in out and extra.get("profile") and extra.get("cache_key") and not extra.get("init_model"):
+        out["base_model"] = tiny_base_model(extra["profile"], extra["cache_key"])  # a tiny build of an older format
+    if "base_model" not in out:
+        out["base_model"] = base_model_of(extra.get("init_model"), init_provenance)
+    if "training_data" not in out:
+        out["training_data"] = {k: v for k, v in (("snapshot_id", out.get("snapshot_id") or extra.get("snapshot_id")),
+                                                  ("dataset", extra.get("dataset")),
+                                                  ("counts", extra.get("dataset_counts"))) if v}
+    return out
+
+
+def version_info(provenance: dict[str, Any] | None, source: str = "") -> dict[str, Any]:
+    """What the backend shows about the served model: version, base model + licence, training data, the metrics that
+    promoted it. Without a provenance.json (a hub id or a bare folder) the base model is the source itself."""
+    record = with_lineage(provenance or {"extra": {"init_model": source}})
+    if provenance is None:
+        record["base_model"] = base_model_of(source)
+    keys = ("version", "base_model", "training_data", "promoted_metrics", "created_at", "git_commit")
+    return {k: record[k] for k in keys if k in record}

@@ -152,14 +152,18 @@ class LocalStack:
         data_dir: Path,
         extra_env: Mapping[str, str] | None = None,
         timeout_s: float = 600.0,
+        wait: bool = True,
     ) -> ManagedProcess:
-        """Start Label Studio on ``host:port`` with its sqlite data under ``data_dir``; first start ~40 s (migrations)."""
+        """Start Label Studio on ``host:port`` with its sqlite data under ``data_dir``; first start ~40 s (migrations).
+
+        wait=False returns at once (the caller does other work meanwhile, then polls ``is_healthy``)."""
         data_dir = Path(data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         env = label_studio_env(credentials, data_dir, extra_env)
         argv = [str(label_studio_bin()), "start", "--no-browser", "--internal-host", self.host, "--port", str(port)]
         service = self.spawn("label-studio", argv, env, f"http://{self.host}:{port}")
-        wait_healthy(service, "/health", timeout_s)
+        if wait:
+            wait_healthy(service, "/health", timeout_s)
         return service
 
     def start_s3(self, port: int, timeout_s: float = 60.0) -> ManagedProcess:
@@ -172,18 +176,21 @@ class LocalStack:
         return service
 
     def start_backend(
-        self, port: int, env: Mapping[str, str], timeout_s: float = 120.0, health_path: str = "/health"
+        self, port: int, env: Mapping[str, str], timeout_s: float = 120.0, health_path: str = "/health",
+        wait: bool = True,
     ) -> ManagedProcess:
         """Start the ML backend (``backend.wsgi:app``) under gunicorn with backend/gunicorn.conf.py on ``host:port``.
 
-        ``env`` is the backend's full environment (see backend/settings.py); it returns once /health answers 200.
+        ``env`` is the backend's full environment (see backend/settings.py); it returns once /health answers 200
+        (at once with wait=False).
         """
         argv = [
             sys.executable, "-m", "gunicorn", "--config", str(ROOT / "backend" / "gunicorn.conf.py"),
             "--bind", f"{self.host}:{port}", "backend.wsgi:app",
         ]
         service = self.spawn("backend", argv, env, f"http://{self.host}:{port}")
-        wait_healthy(service, health_path, timeout_s)
+        if wait:
+            wait_healthy(service, health_path, timeout_s)
         return service
 
 
@@ -219,6 +226,17 @@ def label_studio_env(
     )
     env.update(extra_env or {})
     return env
+
+
+def is_healthy(service: ManagedProcess, path: str = "/health") -> bool:
+    """True when ``service.url + path`` answers 2xx now; StackError (with the log tail) when the service died."""
+    if not service.alive():
+        raise StackError(f"{service.name} exited with code {service.process.returncode}; "
+                         f"log {service.log_path}:\n{service.log_tail()}")
+    try:
+        return requests.get(service.url + path, timeout=2).ok
+    except requests.RequestException:
+        return False
 
 
 def wait_healthy(service: ManagedProcess, path: str, timeout_s: float, interval_s: float = 0.5) -> None:

@@ -3,18 +3,45 @@ S3 target the annotations go to, and a Label Studio project provisioned with all
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from dam_model.fileio import atomic_write_bytes
-from dam_model.synthetic import generate_scene
+from dam_model.synthetic import DEFAULT_SIZES, generate_scene
 from dam_tools.export_synthetic import png_bytes
 from dam_tools.local_stack import ROOT
 from dam_tools.ls_api import LabelStudioAPI
 from ls_io.label_config import parse_label_config
 from ls_io.results import brush_value, new_region_id, region_item
 from ls_io.s3 import make_s3_client
+
+
+# The demo's tasks come from the distribution its models were trained on (dam_model.synthetic's default sizes,
+# 360-576 px on the shorter side); the landscape ones fit Label Studio's editor without scrolling. Seed 7 is
+# neither the training seed (1000) nor the held-out one (9000).
+DEMO_SIZES: tuple[tuple[int, int], ...] = tuple(s for s in DEFAULT_SIZES if s[0] > s[1])
+DEMO_SEED = 7
+DEMO_TASKS = 6
+
+# The first screen of the demo project (Label Studio shows the description in the project list and the
+# instructions before the first task, and behind the editor's "i" button).
+DEMO_DESCRIPTION = ("Describe Anything (DAM) captions every brush region; try a click with the keypoint tool, "
+                    "correct a caption, submit, then Start Training.")
+DEMO_INSTRUCTIONS = """<h3>What to try</h3>
+<ol>
+<li><b>Look:</b> every shape already has a brush mask and a caption from the DAM backend (the prediction's
+model version says which model wrote it).</li>
+<li><b>Click:</b> turn on <i>Auto-Annotation</i> at the top of the editor, pick the <i>KeyPoint</i> tool
+(label <i>object</i>) and click a shape: the backend segments it and captions it.</li>
+<li><b>Draw:</b> paint a brush region (label <i>object</i>) over a shape and write its caption in the text box.</li>
+<li><b>Correct and submit:</b> edit any caption that is wrong, then <i>Submit</i>; annotations go to the S3
+bucket the training loop reads.</li>
+<li><b>Train:</b> Settings &rarr; Model &rarr; &#8942; &rarr; <i>Start Training</i> runs the loop on your
+annotations; a better model is promoted and the backend swaps it in (the model version changes).</li>
+</ol>
+<p>The model is a tiny DAM trained here on synthetic shapes: it names colour, size and shape of these scenes,
+and nothing else.</p>"""
 
 
 def create_bucket(endpoint: str, bucket: str, access_key: str, secret_key: str, region: str = "us-east-1") -> None:
@@ -47,19 +74,23 @@ class S3Target:
 
 @dataclass
 class SyntheticTask:
-    """One synthetic image written to disk and its regions as Label Studio brush results (no captions)."""
+    """One synthetic image written to disk and its regions as Label Studio brush results (no captions), with the
+    generator's attributes of each region (what the judge checks captions against)."""
 
     image_path: Path
     regions: list[dict]
     reference_captions: list[str]
+    attributes: list[dict] = field(default_factory=list)
 
 
-def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 7,
-                    size: tuple[int, int] = (96, 72)) -> list[SyntheticTask]:
+def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = DEMO_SEED,
+                    size: tuple[int, int] | None = None,
+                    sizes: Sequence[tuple[int, int]] = DEMO_SIZES) -> list[SyntheticTask]:
     """``n_tasks`` seeded synthetic scenes as PNG files under ``out_dir`` plus one brush region per visible object.
 
     Control names come from ``label_config`` (parsed by ls_io.label_config). Region ids are full uuid4s;
-    masks are RLE with foreground 255 (ls_io.results.brush_value). ``size`` is (width, height) in pixels.
+    masks are RLE with foreground 255 (ls_io.results.brush_value). ``size`` is (width, height) in pixels; without
+    it each scene draws one of ``sizes`` (default: the demo's, from the models' training distribution).
     """
     if n_tasks < 1:
         raise ValueError("n_tasks must be >= 1")
@@ -70,11 +101,11 @@ def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks: list[SyntheticTask] = []
     for index in range(n_tasks):
-        scene = generate_scene(seed, index, size=size)
+        scene = generate_scene(seed, index, size=size, sizes=None if size else sizes)
         path = out_dir / f"{scene.scene_id}.png"
         if not path.is_file():
             atomic_write_bytes(path, png_bytes(scene.image))
-        regions, captions = [], []
+        regions, captions, attributes = [], [], []
         for obj in scene.objects:
             if not obj.mask.any():
                 continue
@@ -83,7 +114,9 @@ def synthetic_tasks(label_config: str, out_dir: Path, n_tasks: int, seed: int = 
             regions.append(region_item(new_region_id(), cfg.brush.name, cfg.brush.to_name, "brushlabels",
                                        brush_value(obj.mask, [label]), size=(scene.width, scene.height)))
             captions.append(obj.long_caption)
-        tasks.append(SyntheticTask(image_path=path, regions=regions, reference_captions=captions))
+            attributes.append(obj.attributes)
+        tasks.append(SyntheticTask(image_path=path, regions=regions, reference_captions=captions,
+                                   attributes=attributes))
     return tasks
 
 
@@ -127,18 +160,24 @@ class ProvisionedProject:
     storage_id: int | None = None
 
 
+def project_guide(description: str = DEMO_DESCRIPTION, instructions: str = DEMO_INSTRUCTIONS) -> dict[str, object]:
+    """Project fields that put "what to try" on the first screen (shown before the first task)."""
+    return {"description": description, "expert_instruction": instructions, "show_instruction": True}
+
+
 def provision_project(api: LabelStudioAPI, title: str, label_config: str, tasks: Sequence[SyntheticTask],
                       backend_url: str, s3: S3Target | None = None, region_model_version: str = "synthetic-masks",
-                      extra_task_files: Sequence[Path] = ()) -> ProvisionedProject:
+                      extra_task_files: Sequence[Path] = (), guide: Mapping[str, object] | None = None
+                      ) -> ProvisionedProject:
     """Create a project, upload the task images, attach their regions, connect the backend (interactive) and,
     when ``s3`` is given, add an S3 target storage.
 
     Regions are stored as a prediction with model_version ``region_model_version`` (a pre-annotation, as SAM 2
     automatic masks would be): Retrieve predictions then asks the backend to caption them, and the stored
     predictions of the backend carry the backend's own model_version. ``extra_task_files`` become tasks without
-    any region (for NO_REGION_MODE).
+    any region (for NO_REGION_MODE). ``guide``: extra project fields (``project_guide()``: the demo's instructions).
     """
-    project = api.create_project(title, label_config)
+    project = api.create_project(title, label_config, **dict(guide or {}))
     task_ids = api.upload_files(project, [t.image_path for t in tasks] + list(extra_task_files))
     for task_id, task in zip(task_ids, tasks):
         if task.regions:

@@ -33,9 +33,10 @@ from dam_loop.cli import (
 )
 from dam_loop.gate import GateDecision, decide_from_metrics
 from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
-from dam_loop.models_root import VERSION_RE, new_version_name, open_store, version_path
+from dam_loop.models_root import PROVENANCE_NAME, VERSION_RE, new_version_name, open_store, version_path
 from dam_loop.provenance import utc_iso
 from dam_model.fileio import read_json
+from dam_model.versions import with_lineage
 
 log = logging.getLogger("dam_loop.promote")
 
@@ -59,7 +60,8 @@ def promote(
 ) -> dict[str, Any]:
     """Copy ``candidate_dir`` to versions/<version> (immutable), then flip current.json to it. Returns the new pointer.
 
-    ``provenance`` (merged over the candidate's own provenance.json) is written inside the version folder;
+    ``provenance`` (merged over the candidate's own provenance.json) is written inside the version folder, completed
+    with the base model, its licence and the training data (dam_model.versions.with_lineage).
     ``gate`` (the decision that let the candidate through) goes into both the provenance and the pointer.
     """
     gate_record = gate.to_dict() if isinstance(gate, GateDecision) else gate
@@ -74,6 +76,11 @@ def promote(
         raise BadArguments(f"version {version} already exists in {store}: versions are immutable")
     own = read_json(candidate_dir / "provenance.json") if (candidate_dir / "provenance.json").exists() else {}
     full_provenance = {**own, **(provenance or {}), "version": version, "promoted_metrics": metrics or {}}
+    # base model + licence and training data: inherited from the init model's own record when it has one
+    init = ((own.get("train_config") or {}).get("extra") or {}).get("init_model")
+    init_file = Path(init) / PROVENANCE_NAME if init else None
+    init_record = read_json(init_file) if init_file is not None and init_file.is_file() else None
+    full_provenance = with_lineage(full_provenance, init_record)
     if gate_record is not None:
         full_provenance["gate"] = gate_record
     store.write_version(version, candidate_dir, full_provenance)

@@ -130,14 +130,16 @@ def pseudo_label(
 ) -> dict[str, Any]:
     """Write ``dataset_dir/pseudo.jsonl`` and return a summary {candidates, kept, ...}.
 
-    sam2: {config, checkpoint, max_masks, min_area, max_iou} to add SAM 2 automatic masks (``segmenter`` may be
-    given instead of config/checkpoint); model: an already loaded captioner (default: load ``model_dir``).
+    sam2: {config, checkpoint, max_masks, min_area, max_iou} (or {model: hub id, ...}) to add SAM 2 automatic masks
+    (``segmenter`` may be given instead of config/checkpoint); model: an already loaded captioner (default: load ``model_dir``).
     """
     dataset_dir = require_built(Path(dataset_dir))
     human_train = read_rows(dataset_dir, SAMPLES_FILE, "train")
     candidates = [dict(r, mask_score=1.0, mask_source="human") for r in read_rows(dataset_dir, UNLABELED_FILE, "train")]
     if sam2:
-        if segmenter is None:
+        if segmenter is None and sam2.get("model"):  # a hub id: fetched into the HF cache once
+            segmenter = Sam2Segmenter.from_pretrained(sam2["model"], device=None if device == "auto" else device)
+        elif segmenter is None:
             segmenter = Sam2Segmenter.from_checkpoint(sam2["config"], sam2["checkpoint"], device=None if device == "auto" else device)
         candidates += sam2_candidates(dataset_dir, human_train, segmenter, sam2.get("max_masks", 8),
                                       sam2.get("min_area", 64), sam2.get("max_iou", 0.5))
@@ -183,6 +185,9 @@ def add_pseudo_args(parser: argparse.ArgumentParser) -> None:
                    help="keep masks whose score is >= this (human regions score 1; env PSEUDO_MIN_MASK_SCORE)")
     g.add_argument("--max-fraction", type=fraction, default=env_float("PSEUDO_MAX_FRACTION", 0.3),
                    help="max share of pseudo labels in the training set (env PSEUDO_MAX_FRACTION; 0 disables)")
+    g.add_argument("--sam2-model", default=env_default("SAM2_MODEL"),
+                   help="SAM 2.1 hub id for automatic masks, e.g. facebook/sam2.1-hiera-large (env SAM2_MODEL; "
+                        "--sam2-checkpoint wins)")
     g.add_argument("--sam2-config", default=env_default("SAM2_CONFIG"), help="SAM 2 config name for automatic masks (env SAM2_CONFIG)")
     g.add_argument("--sam2-checkpoint", default=env_default("SAM2_CHECKPOINT"), help="SAM 2 checkpoint (env SAM2_CHECKPOINT)")
     g.add_argument("--sam2-max-masks", type=int, default=env_int("SAM2_MAX_MASKS", 8), help="automatic masks per image")
@@ -192,12 +197,16 @@ def add_pseudo_args(parser: argparse.ArgumentParser) -> None:
 
 
 def sam2_settings(args: argparse.Namespace) -> dict[str, Any] | None:
-    if bool(args.sam2_config) != bool(args.sam2_checkpoint):
-        raise BadArguments("SAM 2 automatic masks need both --sam2-config and --sam2-checkpoint")
-    if not args.sam2_config:
-        return None
-    return {"config": args.sam2_config, "checkpoint": args.sam2_checkpoint, "max_masks": args.sam2_max_masks,
-            "min_area": args.sam2_min_area, "max_iou": args.max_iou}
+    limits = {"max_masks": args.sam2_max_masks, "min_area": args.sam2_min_area, "max_iou": args.max_iou}
+    if args.sam2_checkpoint and not args.sam2_config:
+        raise BadArguments("--sam2-checkpoint needs --sam2-config (or use --sam2-model with a hub id)")
+    if args.sam2_checkpoint:
+        return {"config": args.sam2_config, "checkpoint": args.sam2_checkpoint, **limits}
+    if args.sam2_model:
+        return {"model": args.sam2_model, **limits}
+    if args.sam2_config:
+        raise BadArguments("--sam2-config needs --sam2-checkpoint (or use --sam2-model with a hub id)")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from ..frames import sample_frames
 from .cache import CacheStats, EmbeddingCache, image_key
 from .region_grow import RegionGrowSegmenter
 from .sam2_build import (
-    CheckpointMismatchError, build_sam2_model, load_checkpoint_strict, resolve_config, valid_config_names,
+    CheckpointMismatchError, build_sam2_model, download_sam2, load_checkpoint_strict, resolve_config, valid_config_names,
 )
 from .sam2_segmenter import ImageEmbedding, Sam2Segmenter
 from .types import AutoMaskSegmenter, MaskPrediction, Segmenter, VideoPrompt, VideoSegmenter
@@ -28,10 +28,14 @@ SEGMENTER_KINDS = ("sam2", "region")
 def build_segmenter(kind: str = "sam2", **kwargs: Any) -> Union[Sam2Segmenter, RegionGrowSegmenter]:
     """Build a segmenter by kind.
 
-    kind="sam2":   kwargs of `Sam2Segmenter.from_checkpoint` (config_name, checkpoint, device, dtype, image_size, ...).
+    kind="sam2":   kwargs of `Sam2Segmenter.from_checkpoint` (config_name, checkpoint, device, dtype, image_size, ...),
+                   or model_id="facebook/sam2.1-hiera-large" (a hub id, `Sam2Segmenter.from_pretrained`) instead of
+                   config_name + checkpoint.
     kind="region": kwargs of `RegionGrowSegmenter` (tolerance, min_component_fraction); the offline fallback.
     """
     if kind == "sam2":
+        if "model_id" in kwargs:
+            return Sam2Segmenter.from_pretrained(kwargs.pop("model_id"), **kwargs)
         return Sam2Segmenter.from_checkpoint(**kwargs)
     if kind == "region":
         return RegionGrowSegmenter(**kwargs)
@@ -54,6 +58,7 @@ __all__ = [
     "VideoSegmenter",
     "build_sam2_model",
     "build_segmenter",
+    "download_sam2",
     "image_key",
     "load_checkpoint_strict",
     "load_frames",

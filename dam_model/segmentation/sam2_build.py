@@ -31,6 +31,26 @@ for _canonical, (_path, _aliases) in _SAM21_CONFIGS.items():
 _BUILD_LOCK = threading.Lock()  # hydra's global config store is not thread-safe
 
 
+def download_sam2(model_id: str) -> tuple[str, Path]:
+    """(canonical config name, local checkpoint path) of a SAM 2.1 hub id, e.g. "facebook/sam2.1-hiera-large".
+
+    sam2's own hub table (sam2.build_sam.HF_MODEL_ID_TO_FILENAMES: id -> config, checkpoint file) names the files,
+    and huggingface_hub.hf_hub_download fetches the checkpoint into the HF cache (HF_HOME), the call sam2's
+    build_sam2_hf makes. Once cached, HF_HUB_OFFLINE=1 loads it with no network. We do not call build_sam2_hf
+    itself: it builds the image-only SAM2Base with a non-strict loader, and one SAM2VideoPredictor here serves
+    images and videos (build_sam2_model).
+    """
+    import huggingface_hub  # deferred: optional, only hub ids need it
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES  # deferred: heavy, optional
+
+    known = sorted(k for k, (config, _) in HF_MODEL_ID_TO_FILENAMES.items() if "sam2.1" in config)
+    if model_id not in known:
+        raise ValueError(f"unknown SAM 2.1 hub id {model_id!r}; sam2 knows: {', '.join(known)}")
+    config_path, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
+    canonical, _ = resolve_config(config_path)
+    return canonical, Path(huggingface_hub.hf_hub_download(repo_id=model_id, filename=filename))
+
+
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's keys or shapes do not match the architecture named by the config."""
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .cache import CacheStats, EmbeddingCache, image_key
 from .fast_decoder import decode, precompute_image_side
-from .sam2_build import build_sam2_model
+from .sam2_build import build_sam2_model, download_sam2
 from .types import MaskPrediction, VideoPrompt, as_rgb_uint8, validate_prompts
 from .video import track_video
 
@@ -115,6 +115,14 @@ class Sam2Segmenter:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = build_sam2_model(config_name, checkpoint, device=device, image_size=image_size, seed=seed)
         return cls(model, dtype=dtype, cache_bytes=cache_bytes)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str = "facebook/sam2.1-hiera-large", **kwargs: Any) -> "Sam2Segmenter":
+        """Build from a SAM 2.1 hub id ("facebook/sam2.1-hiera-tiny" ... "-large"): the checkpoint is fetched into the
+        Hugging Face cache on first use (sam2_build.download_sam2; HF_HUB_OFFLINE=1 afterwards). kwargs: those of
+        `from_checkpoint` but config_name and checkpoint."""
+        config_name, checkpoint = download_sam2(model_id)
+        return cls.from_checkpoint(config_name, checkpoint, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
     @property

@@ -18,6 +18,7 @@ Attributes of an image object (keys of ``SceneObject.attributes``):
 Captions (the grammar; ``a``/``an`` follows the next word):
     short: "a small red circle"
     long:  "A small red circle in the top left of the image. It is the leftmost of two red circles."
+    (``caption_style="position"`` drops the second sentence, ``"appearance"`` keeps "A small red circle.")
 Video objects replace the context with a motion ("moving left to right", ..., "staying still"):
     short: "a small red circle moving left to right"
     long:  "A small red circle moving left to right. It starts in the top left of the image."
@@ -29,7 +30,7 @@ Sizes are given as (width, height) like PIL; arrays are (height, width[, 3]) lik
 """
 from __future__ import annotations
 
-from .captions import MODEL_ERRORS, article, context_phrase, long_caption, perturbed_caption, short_caption
+from .captions import CAPTION_STYLES, MODEL_ERRORS, article, context_phrase, long_caption, perturbed_caption, short_caption
 from .drawing import position_of
 from .samples import iter_region_samples, iter_video_region_samples
 from .scenes import Scene, SceneObject, generate_dataset, generate_scene
@@ -40,7 +41,7 @@ from .vocabulary import (
 )
 
 __all__ = [
-    "COLORS", "COLUMNS", "DEFAULT_SIZES", "DEFAULT_SIZE_WEIGHTS", "GENERATOR_VERSION", "MIN_OBJECT_PX", "MIN_SIDE_PX",
+    "CAPTION_STYLES", "COLORS", "COLUMNS", "DEFAULT_SIZES", "DEFAULT_SIZE_WEIGHTS", "GENERATOR_VERSION", "MIN_OBJECT_PX", "MIN_SIDE_PX",
     "MODEL_ERRORS", "MOTIONS", "PAIR_RELATIONS", "POSITIONS", "ROWS", "SHAPES", "SHAPE_PLURALS", "SIZES",
     "SIZE_FRACTIONS", "Scene", "SceneObject", "VIDEO_SIZES", "VideoObject", "VideoScene", "article", "context_phrase",
     "generate_dataset", "generate_scene", "generate_video", "iter_region_samples", "iter_video_region_samples",

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .captions import context_phrase, long_caption, short_caption
+from .captions import check_caption_style, context_phrase, long_caption, short_caption
 from .drawing import background_texture, draw_diameter, finish_pixels, jittered_rgb, pick_size, position_of, shape_mask
 from .vocabulary import COLORS, SHAPES, SIZES
 
@@ -60,14 +60,17 @@ class Scene:
 
 def generate_scene(seed: int, index: int, *, size: tuple[int, int] | None = None,
                    sizes: Sequence[tuple[int, int]] | None = None, num_objects: int | None = None,
-                   duplicate_probability: float = 0.4, pixel_noise: int = 10) -> Scene:
+                   duplicate_probability: float = 0.4, pixel_noise: int = 10, caption_style: str = "full") -> Scene:
     """A deterministic still scene.
 
     seed, index: the scene's identity (same pair -> byte-identical output). size: (width, height) in pixels,
     or None to draw one from ``sizes`` (default ``DEFAULT_SIZES``). num_objects: 2..6 (None: 2..5 drawn).
     duplicate_probability: chance that a new object copies an earlier one's colour and shape, which makes
     "the leftmost of two red circles" contexts. pixel_noise: amplitude of the per-pixel noise in grey levels.
+    caption_style: what the long captions assert (``CAPTION_STYLES``); it draws nothing, so pixels and attributes
+    are the same in every style.
     """
+    check_caption_style(caption_style)
     if num_objects is not None and not 2 <= num_objects <= 6:
         raise ValueError(f"num_objects must be in 2..6, got {num_objects}")
     if not 0.0 <= duplicate_probability <= 1.0 or pixel_noise < 0:
@@ -111,7 +114,7 @@ def generate_scene(seed: int, index: int, *, size: tuple[int, int] | None = None
             "visible_fraction": round(float(mask.sum()) / float(spot["full"].sum()), 4),
         }
         objects.append(SceneObject(object_id, mask, spot["full"], spot["rgb"], attributes,
-                                   short_caption(attributes), long_caption(attributes)))
+                                   short_caption(attributes), long_caption(attributes, caption_style)))
     return Scene(int(seed), int(index), image, objects, background=background.astype(np.uint8))
 
 

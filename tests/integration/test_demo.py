@@ -2,6 +2,7 @@
 captions the demo project, then stops every process it started. ~1-2 min (Label Studio's first start)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ def test_demo_smoke_captions_the_project_and_leaves_nothing_running(tmp_path: Pa
     assert done.returncode == 0, output[-4000:]
     assert "2/2 tasks hold a captioned prediction" in output, output[-4000:]
     assert f"http://127.0.0.1:{ports[0]}/projects/" in output
+    assert re.search(r"==> READY in \d+ s \(first captioned task after \d+ s\)", output), output[-4000:]
+    assert "building tiny model" not in output and "training the" not in output  # --model DIR builds nothing
     assert (tmp_path / "demo" / "credentials.json").is_file()
     for port in ports:  # every service was stopped with the demo
         assert port_is_free(port), f"port {port} still in use after the demo exited"

@@ -26,7 +26,7 @@ REGION_MODEL_VERSION = "synthetic-masks"
 def project(stack) -> tuple[ProvisionedProject, list[SyntheticTask]]:
     """A project with N_TASKS synthetic images carrying brush regions, one image without any region,
     the S3 target storage and the backend connected (interactive)."""
-    tasks = synthetic_tasks(stack.label_config, stack.run_dir / "media", N_TASKS + 1, seed=11)
+    tasks = synthetic_tasks(stack.label_config, stack.run_dir / "media", N_TASKS + 1, seed=11, size=(96, 72))
     with_regions, bare = tasks[:N_TASKS], tasks[N_TASKS]
     assert all(t.regions for t in with_regions)
     info = provision_project(stack.api, "DAM integration test", stack.label_config, with_regions, stack.backend.url,

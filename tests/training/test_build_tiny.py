@@ -6,6 +6,7 @@ import pytest
 
 from dam_model.synthetic import generate_dataset
 from dam_tools import build_tiny_model as btm
+from dam_tools.progress import read_progress
 
 
 def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
@@ -48,3 +49,40 @@ def test_greedy_captions_and_report_on_both_paths(tiny_samples, make_model):
         assert report["num_regions"] == 3
         assert 0.0 <= report["average"] <= 1.0
         assert len(report["examples"]) == 3
+
+
+def test_demo_profiles_caption_only_appearance_and_ci_is_untouched():
+    profiles = btm.PROFILES
+    assert profiles["fast"].synthetic == {"caption_style": "appearance"} and profiles["fast"].init_profile is None
+    assert profiles["default"].synthetic == {"caption_style": "appearance"}
+    assert profiles["default"].init_profile == "fast"  # the demo serves fast, then promotes default built on it
+    assert profiles["ci"].synthetic == {} and profiles["ci"].init_profile is None  # the tests' model keeps its key
+    assert profiles["fast"].train["max_steps"] < profiles["ci"].train["max_steps"]
+
+
+def test_cached_model_never_builds(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(btm, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    assert btm.cached_model("fast") is None
+    target = tmp_path / "tiny-dam" / btm.cache_key(btm.PROFILES["fast"])
+    (target / "model").mkdir(parents=True)
+    (target / "build.json").write_text("{}")
+    assert btm.cached_model("fast") == target / "model"
+
+
+def test_a_build_records_lineage_and_reports_progress_lines(tmp_path, capsys):
+    micro = dataclasses.replace(
+        btm.PROFILES["fast"], name="micro",
+        train={**btm.PROFILES["fast"].train, "max_steps": 2, "checkpoint_every": 0, "warmup_steps": 0},
+        train_scenes=2, eval_scenes=1, vocab_size=400)
+    model_dir = btm.build(micro, out=tmp_path / "micro", progress="lines")
+    record = json.loads((model_dir / "provenance.json").read_text())
+    assert record["base_model"]["id"] == "tiny-dam/micro" and record["base_model"]["licence"] == "MIT"
+    assert record["training_data"] == {"kind": "synthetic", "generator_version": 2, "seed": 1000, "scenes": 2,
+                                       "caption_style": "appearance"}
+    assert 0.0 <= record["heldout_metrics"]["appearance_right"] <= 1.0
+    out = capsys.readouterr().out
+    for phase in ("scenes 2/2", "train-micro 2/2", "captions"):
+        assert f"progress {phase}" in out
+    (tmp_path / "log").write_text(out)
+    assert read_progress(tmp_path / "log")[0] == "captions"
