@@ -35,7 +35,8 @@ from dam_model.segmentation import AutoMaskSegmenter, VideoSegmenter, sample_fra
 from ls_io import results as R
 from ls_io.errors import KINDS, StatusError
 from ls_io.label_config import ParsedConfig
-from ls_io.regions import GEOMETRY_TYPES, TRACK_TYPES, labels_of, rectangle_box, region_type
+from ls_io.regions import TRACK_TYPES, labels_of, rectangle_box, region_type
+from ls_io.tasks import collect_regions
 from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
 from ls_io.video_io import decode_video
 
@@ -114,33 +115,6 @@ def skip_region(backend: "DAMBackend", task: dict[str, Any], item: dict[str, Any
     log.warning("task %s: region %s skipped (%s): %s", task_label(task), region_label(item), error.kind, error)
     if backend.metrics is not None:
         backend.metrics.skipped_regions.inc(reason=error.kind)
-
-
-def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """Geometry items already present in a task, first occurrence of each id wins:
-    annotations, then drafts, then predictions, then task.data["regions"] (region data imported with the task)."""
-    seen: dict[str, dict[str, Any]] = {}
-    sources: list[Any] = []
-    for key in ("annotations", "drafts", "predictions"):
-        entries = task.get(key)
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and not entry.get("was_cancelled"):
-                sources.append(entry.get("result") or [])
-    data = task.get("data")
-    if isinstance(data, dict) and isinstance(data.get("regions"), list):
-        sources.append(data["regions"])
-    for result in sources:
-        if not isinstance(result, list):
-            continue
-        for item in result:
-            if not isinstance(item, dict) or region_type(item) not in GEOMETRY_TYPES:
-                continue
-            rid = item.get("id")
-            rid = rid if isinstance(rid, str) else json.dumps(rid) if rid is not None else ""
-            if rid and rid in seen:
-                continue
-            seen[rid or R.new_region_id()] = item
-    return list(seen.values())
 
 
 def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",

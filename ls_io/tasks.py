@@ -12,6 +12,7 @@ only rectangles and keypoints call it. It returns None when there is no segmente
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -31,7 +32,8 @@ def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     sources: list[Any] = []
     for key in ("annotations", "drafts", "predictions"):
-        for entry in task.get(key) or []:
+        entries = task.get(key)
+        for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict) and not entry.get("was_cancelled"):
                 sources.append(entry.get("result") or [])
     data = task.get("data")
@@ -43,7 +45,8 @@ def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
         for item in result:
             if not isinstance(item, dict) or region_type(item) not in GEOMETRY_TYPES:
                 continue
-            rid = str(item.get("id") or "")
+            rid = item.get("id")
+            rid = rid if isinstance(rid, str) else json.dumps(rid) if rid is not None else ""
             if rid and rid in seen:
                 continue
             seen[rid or results.new_region_id()] = item
