@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .frames import select_video_frames  # noqa: F401  (re-exported: the one frame rule lives in frames.py)
+from .mask_resize import resize_mask
 
 MIN_FOCAL_SIZE = 48  # pixels: the release enlarges smaller mask boxes to this before the 3x expansion
 
@@ -111,31 +112,6 @@ def _as_binary(mask, image_hw: tuple[int, int]) -> np.ndarray:
     return array
 
 
-def resize_mask(binary: np.ndarray, box: Sequence[int], size: int) -> tuple[np.ndarray, int, int]:
-    """(PIL bicubic resize of the 0/255 image of `binary` to size x size, first and end output column that can be
-    non-zero), bit-identical to resizing the whole image, touching only what the foreground reaches.
-
-    Why it is exact: PIL resizes in two passes with 8-bit rounding between them, horizontal then vertical, and a
-    pass whose size does not change is skipped. Rows outside the mask's box are zero, so the horizontal pass runs
-    on the box's rows alone (same width, same coefficients) and the rest of the intermediate image is zero; the
-    vertical pass depends on the height only, so it runs on the intermediate's non-zero columns alone.
-    `box`: the tight box (x0, y0, w, h) of `binary`.
-    """
-    height, width = binary.shape
-    _, y0, _, h = box
-    band = Image.fromarray(binary[y0 : y0 + h].view(np.uint8) * np.uint8(255))
-    rows = np.asarray(band.resize((size, h), Image.BICUBIC))  # horizontal pass only
-    cols = np.flatnonzero(rows.any(axis=0))
-    out = np.zeros((size, size), dtype=np.uint8)
-    if not len(cols):
-        return out, 0, 0
-    first, end = int(cols[0]), int(cols[-1]) + 1
-    middle = np.zeros((height, end - first), dtype=np.uint8)
-    middle[y0 : y0 + h] = rows[:, first:end]
-    out[:, first:end] = np.asarray(Image.fromarray(middle).resize((end - first, size), Image.BICUBIC))
-    return out, first, end
-
-
 def focal_crop_from_box(box_xywh: Sequence[int], height: int, width: int) -> tuple[int, int, int, int]:
     """The release's focal crop (x0, y0, x1, y1) exclusive, from a tight mask box.
 
@@ -173,9 +149,9 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
     size: the vision input size S in pixels; workers: threads over regions (default 1 = serial; see
     `default_workers()`). Raises ValueError for an empty mask or a mask of another size.
     Shared work: one PIL image and one full-view resize (and its float conversion) for all regions; masks resized
-    as 1-band L images (bit-identical to the release's 3-channel mask resize, channel 0) over the rows and columns
-    their foreground reaches only (`resize_mask`); plain-path regions reuse the full view; the uint8 -> float
-    conversion is a table lookup written straight into the batch tensor, on the mask channels' non-zero columns.
+    as 1-band L images (bit-identical to the release's 3-channel mask resize, channel 0), the full-view mask over
+    the part its foreground reaches only (`dam_model.mask_resize`); plain-path regions reuse the full view; the
+    uint8 -> float conversion (`normalise_into`) is written straight into the batch tensor.
     """
     import torch  # deferred: heavy; the box helpers here are numpy-only and imported without it
 
@@ -198,14 +174,14 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
     normalise_into(full_values, full_view)
     is_focal = np.array([not is_full_image(box, height, width) for box in crop_boxes], dtype=bool)
 
-    def mask_channel(i: int, channel: int, binary: np.ndarray, box: Sequence[int]) -> None:
-        out[i, channel], first, end = resize_mask(binary, box, size)
-        values[i, channel] = _LUT[0]  # zero outside the columns the foreground reaches
-        normalise_into(values[i, channel, :, first:end], out[i, channel, :, first:end])
+    def mask_channel(i: int, channel: int, resized: np.ndarray, window: tuple[slice, slice]) -> None:
+        out[i, channel] = resized
+        values[i, channel] = _LUT[0]  # the mask image is 0 outside the window
+        normalise_into(values[i, channel][window], resized[window])
 
     def one_region(i: int) -> None:
         out[i, 0:3], values[i, 0:3] = full_view, full_values
-        mask_channel(i, 3, binaries[i], mask_boxes[i])
+        mask_channel(i, 3, *resize_mask(binaries[i], mask_boxes[i], size))
         if not is_focal[i]:
             out[i, 4:8], values[i, 4:8] = out[i, 0:4], values[i, 0:4]  # same view: reuse the full resize (plain path)
             return
@@ -213,8 +189,9 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
         crop = full_image.crop((x0, y0, x1, y1)).resize((size, size), Image.BICUBIC)
         out[i, 4:7] = np.asarray(crop).transpose(2, 0, 1)
         normalise_into(values[i, 4:7], out[i, 4:7])
-        bx, by, bw, bh = (int(v) for v in mask_boxes[i])
-        mask_channel(i, 7, binaries[i][y0:y1, x0:x1], (bx - x0, by - y0, bw, bh))
+        # crops differ in size region by region: resized whole (the pass order is known per repeated geometry only)
+        crop_mask = Image.fromarray(binaries[i][y0:y1, x0:x1].view(np.uint8) * np.uint8(255))
+        mask_channel(i, 7, np.asarray(crop_mask.resize((size, size), Image.BICUBIC)), (slice(None), slice(None)))
 
     workers = 1 if workers is None else workers
     if workers > 1 and n > 1:
