@@ -17,19 +17,31 @@ from pathlib import Path
 
 import boto3
 import pytest
+import requests
 
 from dam_loop.cli import EXIT_NOT_BETTER
 from dam_loop.kpis import caption_edit_distance, night_of
 from dam_model.fileio import read_json
 from dam_tools.provisioning import provision_project, synthetic_tasks
 
-from .test_label_studio import backend_predictions, serving_version
-
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 N_TASKS = 3
 EDITED_CAPTION = "a caption the annotator rewrote completely"
+
+
+def serving_version(stack) -> str:
+    """The model_version the backend announces on /setup (what Label Studio stores on its predictions)."""
+    reply = requests.post(stack.backend.url + "/setup", json={"project": "1.0", "schema": stack.label_config,
+                                                             "hostname": stack.ls.url, "access_token": "",
+                                                             "extra_params": None}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["model_version"]
+
+
+def backend_predictions(stack, task_id: int, version: str) -> list[dict]:
+    return [p for p in stack.api.predictions(task_id) if p.get("model_version") == version]
 
 
 def split_bucket(task_id: int) -> float:
