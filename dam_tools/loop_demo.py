@@ -11,9 +11,11 @@ Steps:
    (or of ``--endpoint-url`` / ``--bucket`` if given);
 3. DLC-style average (RuleJudge, greedy captions) of the serving model on ``--eval-scenes`` scenes of ``--eval-seed``
    (never trained on: the tiny model trains on seed 1000, the loop on --train-seed) -> "before";
-4. ``python -m dam_loop.steps.nightly`` (pull -> build -> pseudo-label -> train -> evaluate -> promote), as the scheduler runs it;
+4. ``python -m dam_loop.steps.nightly`` (pull -> build -> train -> evaluate -> the promotion gate -> promote), as the
+   scheduler runs it (the gate may refuse: then "after" measures the unchanged serving model);
 5. the model the backend's model store now serves (current.json) is measured the same way -> "after".
-Prints one JSON line: {"n_annotations", "n_regions", "before", "after", "nightly_exit_code", ...}.
+Prints one JSON line: {"n_annotations", "n_regions", "before", "after", "nightly_exit_code", "gate" (the gate's
+reason), "report" (nightly.html), ...}.
 """
 from __future__ import annotations
 
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         nightly = subprocess.run(command, cwd=PACKAGE_PARENT, env=env)
         t1 = time.time()
         pointer = json.loads((models / "current.json").read_text())
+        runs = sorted((loop_work / "runs").iterdir())
+        summary = json.loads((runs[-1] / "summary.json").read_text()) if runs else {}
         after = dlc_average(models / pointer["path"], args.eval_seed, args.eval_scenes)
     finally:
         if moto is not None:
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"n_annotations": len(objects), "n_regions": sum(len(s.objects) for s in scenes),
               "train_seed": args.train_seed, "eval_seed": args.eval_seed, "eval_regions": after["regions"],
               "start_model": str(start), "served_version": pointer["version"], "nightly_exit_code": nightly.returncode,
-              "before": before, "after": after, "nightly_seconds": round(t1 - t0, 1)}
+              "before": before, "after": after, "nightly_seconds": round(t1 - t0, 1),
+              "gate": (summary.get("gate") or {}).get("reason"), "report": summary.get("report")}
     print(json.dumps(result))
     return 0 if nightly.returncode == 0 and after["average"] > before["average"] else 1
 
