@@ -32,7 +32,8 @@ import requests
 
 from dam_model.fileio import atomic_write_json
 from dam_tools.demo_models import BackgroundBuild, ModelPlan, plan_models, promote_tiny
-from dam_tools.local_stack import ROOT, LabelStudioCredentials, LocalStack, StackError, is_healthy, port_is_free
+from dam_tools.local_stack import (ROOT, LabelStudioCredentials, LocalStack, ManagedProcess, StackError, is_healthy,
+                                   port_is_free)
 from dam_tools.ls_api import LabelStudioAPI
 from dam_tools.progress import default_mode, make_bar, wait_with_bar
 from dam_tools.provisioning import (DEMO_TASKS, S3Target, backend_env, create_bucket, project_guide, provision_project,
@@ -140,27 +141,38 @@ def run(args: argparse.Namespace) -> int:
         if plan.background and not args.no_wait:  # low CPU priority: it never slows the captions down much
             background = BackgroundBuild(plan.background, run_dir / "logs" / f"model-{plan.background}.log")
             print(f"==> training the '{plan.background}' model in the background (log {background.log_path})")
-        wait_with_bar("Label Studio starting", 45, lambda: is_healthy(ls), progress)
+        try:
+            return serve(args, stack, ls, plan, background, creds, s3, label_config, run_dir, progress, started)
+        finally:
+            if background is not None:
+                background.stop()  # not one of the stack's services: stopped here on every way out
 
-        print(f"==> backend on :{args.backend_port} serving {plan.version or plan.serve}", flush=True)
-        env = backend_env(plan.serve, ls.url, creds.token, run_dir, segmenter=args.segmenter, s3=s3,
-                          extra={"MAX_NEW_TOKENS": str(args.max_new_tokens), "MODELS_ROOT": str(plan.models_root)})
-        backend = stack.start_backend(args.backend_port, env, wait=False)
-        wait_with_bar("backend starting", 15, lambda: is_healthy(backend), progress, timeout_s=180)
 
-        api = LabelStudioAPI(ls.url, creds.token)
-        project_id, task_ids = open_project(api, args, label_config, run_dir, backend.url, s3)
-        first_captioned = retrieve_all(api, project_id, task_ids, args.batch, progress, started)
-        captioned = count_captioned(api, task_ids)
-        ready_s = time.monotonic() - started
-        print(f"    {captioned}/{len(task_ids)} tasks hold a captioned prediction", flush=True)
-        print_banner(args, ls.url, project_id, creds, s3, run_dir, plan, backend.url)
-        first = f"{first_captioned:.0f} s" if first_captioned is not None else "none"
-        print(f"==> READY in {ready_s:.0f} s (first captioned task after {first}): "
-              f"open {ls.url}/projects/{project_id}/data", flush=True)
-        if args.no_wait:
-            return 0 if captioned else 1
-        return wait_forever(stack, background, plan, api, project_id, task_ids, args.batch, backend.url, progress)
+def serve(args: argparse.Namespace, stack: LocalStack, ls: ManagedProcess, plan: ModelPlan,
+          background: BackgroundBuild | None, creds: LabelStudioCredentials, s3: S3Target, label_config: str,
+          run_dir: Path, progress: str, started: float) -> int:
+    """Wait for Label Studio, start the backend, open the project, caption it, print READY, then wait."""
+    wait_with_bar("Label Studio starting", 45, lambda: is_healthy(ls), progress)
+
+    print(f"==> backend on :{args.backend_port} serving {plan.version or plan.serve}", flush=True)
+    env = backend_env(plan.serve, ls.url, creds.token, run_dir, segmenter=args.segmenter, s3=s3,
+                      extra={"MAX_NEW_TOKENS": str(args.max_new_tokens), "MODELS_ROOT": str(plan.models_root)})
+    backend = stack.start_backend(args.backend_port, env, wait=False)
+    wait_with_bar("backend starting", 15, lambda: is_healthy(backend), progress, timeout_s=180)
+
+    api = LabelStudioAPI(ls.url, creds.token)
+    project_id, task_ids = open_project(api, args, label_config, run_dir, backend.url, s3)
+    first_captioned = retrieve_all(api, project_id, task_ids, args.batch, progress, started)
+    captioned = count_captioned(api, task_ids)
+    ready_s = time.monotonic() - started
+    print(f"    {captioned}/{len(task_ids)} tasks hold a captioned prediction", flush=True)
+    print_banner(args, ls.url, project_id, creds, s3, run_dir, plan, backend.url)
+    first = f"{first_captioned:.0f} s" if first_captioned is not None else "none"
+    print(f"==> READY in {ready_s:.0f} s (first captioned task after {first}): "
+          f"open {ls.url}/projects/{project_id}/data", flush=True)
+    if args.no_wait:
+        return 0 if captioned else 1
+    return wait_forever(stack, background, plan, api, project_id, task_ids, args.batch, backend.url, progress)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -270,7 +282,7 @@ def wait_forever(stack: LocalStack, build: BackgroundBuild | None, plan: ModelPl
                     if bar is not None:
                         bar.close()
                     phase = state[0]
-                    bar = make_bar(f"background: {phase}", state[2], progress)
+                    bar = make_bar(f"background: {phase}", state[2], progress, every_s=30.0)
                 bar.update(state[1] - bar.n)
             code = build.poll()
             if code is None:

@@ -56,13 +56,13 @@ class NoBar(LineBar):
         pass
 
 
-def make_bar(phase: str, total: int, mode: str = "bar", unit: str = "it") -> tqdm | LineBar:
-    """A bar for ``total`` units of work in ``mode`` (see the module docstring)."""
+def make_bar(phase: str, total: int, mode: str = "bar", unit: str = "it", every_s: float = 2.0) -> tqdm | LineBar:
+    """A bar for ``total`` units of work in ``mode`` (see the module docstring); lines at most every ``every_s``."""
     if mode not in MODES:
         raise ValueError(f"progress mode must be one of {MODES}, got {mode!r}")
     if mode == "bar":
         return tqdm(total=total, desc=phase, unit=unit, dynamic_ncols=True, file=sys.stderr)
-    return LineBar(phase, total) if mode == "lines" else NoBar(phase, total)
+    return LineBar(phase, total, every_s) if mode == "lines" else NoBar(phase, total)
 
 
 def wait_with_bar(phase: str, expected_s: float, done: Callable[[], bool], mode: str = "bar",

@@ -11,7 +11,7 @@ import pytest
 from dam_loop.models_root import LocalModelStore
 from dam_model.versions import PROVENANCE_NAME
 from dam_tools import build_tiny_model as btm
-from dam_tools import demo_models
+from dam_tools import demo, demo_models
 from dam_tools.local_stack import StackError
 
 
@@ -113,3 +113,32 @@ def test_every_promoted_version_carries_its_provenance(tmp_path, random_dam_dir)
         assert record["base_model"]["id"].startswith("tiny-dam/") and record["base_model"]["licence"] == "MIT"
         assert record["training_data"]["kind"] == "synthetic"
         assert record["promoted_metrics"]["score"] == 0.8
+
+
+def test_swap_in_promotes_the_background_model_and_captions_again(tmp_path, random_dam_dir, monkeypatch):
+    root = tmp_path / "models"
+    first = demo_models.promote_tiny(root, fake_build(tmp_path / "cache", "fast", random_dam_dir), "fast")
+    best = fake_build(tmp_path / "cache", "default", random_dam_dir)
+
+    class Build:
+        profile = "default"
+
+        def result(self):
+            return best
+
+    class API:
+        retrieved: list = []
+
+        def retrieve_predictions(self, project, task_ids):
+            self.retrieved.append(list(task_ids))
+
+        def predictions(self, task_id):
+            return []
+
+    served = iter([first, first, demo_models.version_name("default")])
+    monkeypatch.setattr(demo, "served_version", lambda url: next(served))
+    plan = demo_models.ModelPlan(serve=best, models_root=root, version=first, background="default")
+    api = API()
+    demo.swap_in(Build(), plan, api, 1, [1, 2, 3], 2, "http://backend", "off")
+    assert LocalModelStore(root).read_pointer()["version"] == demo_models.version_name("default")
+    assert api.retrieved == [[1, 2], [3]]
