@@ -70,7 +70,7 @@ from dam_model.data import KIND_IMAGE
 from dam_model.fileio import read_json
 from ls_io.exports import AnnotationRecord, iter_annotations
 from ls_io.media import MediaFetcher
-from ls_io.regions import KEYPOINT_TYPES, TRACK_TYPES, group_regions, rasterize, region_type
+from ls_io.regions import GEOMETRY_TYPES, KEYPOINT_TYPES, TRACK_TYPES, group_regions, rasterize, region_type
 
 log = logging.getLogger("dam_loop.build")
 
@@ -131,6 +131,19 @@ def snapshot_objects(work_root: Path, snapshot_id: str, include_deleted: bool = 
         yield key, Path(work_root) / entry["file"], entry.get("snapshot")
 
 
+def uncaptionable_regions(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(region id, its item types) of regions that carry a caption but no geometry the loop can turn into a mask
+    (an ellipse, a tag this project does not read): reported, because dropping them silently loses a correction."""
+    captioned = {str(i.get("id", "")) for i in items if region_type(i) == "textarea"}
+    with_geometry = {str(i.get("id", "")) for i in items if region_type(i) in GEOMETRY_TYPES}
+    out = []
+    for region_id in sorted(captioned - with_geometry):
+        kinds = sorted({region_type(i) for i in items if str(i.get("id", "")) == region_id} - {"textarea"})
+        if kinds:  # a caption alone (a per-task text, no region) is not a region at all
+            out.append((region_id, ",".join(kinds)))
+    return out
+
+
 def _latest_wins(best: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any]) -> bool:
     """Keep ``row`` under ``key`` unless a later annotation (updated_at, then id) is there; True when it was a duplicate."""
     previous = best.get(key)
@@ -167,7 +180,15 @@ class _Build:
             if record.annotation.get("was_cancelled"):
                 self.counts["cancelled"] += 1
                 continue
-            areas = [item for item in record.annotation.get("result") or [] if region_type(item) not in KEYPOINT_TYPES]
+            result = record.annotation.get("result") or []
+            if not isinstance(result, list):
+                self.skipped.append({"key": key, "reason": f"result is a {type(result).__name__}, not a list"})
+                continue
+            items = [item for item in result if isinstance(item, dict)]
+            for region_id, kind in uncaptionable_regions(items):
+                self.skipped.append({"key": f"{key} region {region_id}",
+                                     "reason": f"captioned region has no supported geometry (type {kind!r})"})
+            areas = [item for item in items if region_type(item) not in KEYPOINT_TYPES]
             for region_id, region in group_regions(areas).items():
                 try:
                     if region_type(region["geometry"]) in TRACK_TYPES:
