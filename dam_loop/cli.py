@@ -19,7 +19,7 @@ EXIT_FAILURE = 1  # an unexpected error; details in the run log
 EXIT_BAD_ARGS = 2  # invalid arguments or configuration (argparse also uses 2)
 EXIT_LOCKED = 3  # another nightly run holds the lock
 EXIT_NOTHING_NEW = 10  # the bucket holds nothing that was not already processed
-EXIT_NOT_BETTER = 11  # a candidate was trained but did not beat the champion by the margin
+EXIT_NOT_BETTER = 11  # a candidate was trained but the promotion gate did not promote it (dam_loop.gate)
 EXIT_NO_SAMPLES = 12  # the snapshot yields no usable training or validation samples
 
 log = logging.getLogger("dam_loop")

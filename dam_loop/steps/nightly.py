@@ -10,18 +10,18 @@ Environment (every option also has a flag; see --help):
     LOOP_WORK_ROOT (snapshots, datasets, training runs, logs), MODELS_ROOT (versions/ + current.json)
     LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MEDIA_ALLOWED_HOSTS, LOCAL_FILES_ROOT      media fetching (ls_io.media)
     INIT_MODEL (start model before the first promotion; later rounds fine-tune the serving version), VAL_FRACTION, PSEUDO_*, TRAIN_*, DEVICE
-    PROMOTE_MARGIN, GATE_* , REGRESSION_MARGIN (the promotion gate, dam_loop.gate_flags), REPLAY_RATIO (training)
+    PROMOTE_MARGIN, GATE_*, REGRESSION_MARGIN (the promotion gate, dam_loop.gate_flags), REPLAY_RATIO (training)
     REGRESSION_SET, REGRESSION_SYNTHETIC_SCENES, REGRESSION_VAL_REGIONS (the frozen regression set)
     KPI_PREDICTIONS (where the learning-from-edits KPIs find the served predictions)
     TRAIN_LAUNCHER (e.g. "accelerate launch"; default: this Python, one process)
 
 Exit codes:
     0  a new version was promoted            10  nothing new in the bucket since the last completed run
-    11 candidate not better than champion    12  the data yields no training or validation samples
+    11 not promoted (the gate's reason)       12  the data yields no training or validation samples
     2  bad arguments / configuration         3   another run holds the lock (<work root>/nightly.lock)
     1  failure (see runs/<run id>/nightly.log)
 
-The round: pull; KPIs of the annotators' edits (nightly_kpis: <work root>/kpis.json); build; pseudo-label; train
+The round: pull; KPIs of the annotators' edits (nightly_kpis: <work root>/kpis.json); build; pseudo-label (when on); train
 (with replay of earlier nights' data); evaluate candidate and champion on the validation split and on the frozen
 regression set (dam_loop.regression_set, made or topped up first); the promotion gate (dam_loop.gate) decides;
 promote or not (exit 11, the gate's reason logged and in summary.json); the report (nightly_report).
@@ -222,11 +222,14 @@ def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int
     t = step("report")
     accuracy = nightly_report.category_accuracy(metrics, summary["steps"]["promote"]["promoted"])
     summary["category_accuracy"] = accuracy
-    report = nightly_report.write_report(
-        work_root, run_dir, summary["gate"], metrics, dataset,
-        nightly_report.category_history(work_root, run_dir.name, accuracy), nightly_kpis.read_kpis(work_root),
-        args.eval_max_samples)
-    summary["report"] = str(report)
+    try:
+        summary["report"] = str(nightly_report.write_report(
+            work_root, run_dir, summary["gate"], metrics, dataset,
+            nightly_report.category_history(work_root, run_dir.name, accuracy), nightly_kpis.read_kpis(work_root),
+            args.eval_max_samples))
+    except Exception as exc:  # the decision is made (and maybe promoted): a broken page must not undo the round
+        log.warning("nightly.html not written: %s: %s", type(exc).__name__, exc)
+        summary["report"] = {"error": f"{type(exc).__name__}: {exc}"}
     timings["report"] = round(time.time() - t, 2)
     return code
 

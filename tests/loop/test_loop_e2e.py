@@ -120,6 +120,12 @@ def test_nightly_round_promotes_serves_then_rolls_back(tmp_path, admin_s3, bucke
     assert gate["forced"] is True and gate["outcome"] == "too_few_regions" and "min_val_regions" in gate["reason"]
     assert read_json(models / "versions" / "v2" / "provenance.json")["gate"] == gate
 
+    # Round 2 trained on its own new annotations plus a replayed share (REPLAY_RATIO 0.2) of round 1's.
+    replay = read_json(models / "versions" / "v2" / "provenance.json")["extra"]["replay"]
+    assert replay["tonight"] > 0 and replay["pool"] > 0 and replay["ratio"] == 0.2
+    assert replay["replayed"] == round(replay["tonight"] * 0.2 / 0.8)
+    assert read_json(models / "versions" / "v1" / "provenance.json")["extra"]["replay"]["pool"] == 0  # first night
+
 
 def _one_region(dataset: Path):
     row = load_samples(dataset)[0]
