@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import DAMConfig
+from .continuous import CaptionSession
 from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames
 from .generation import (Caption, GenerationSettings, TextStreamer, decode_steps, generate, make_caption)
 from .projector import MultimodalProjector
@@ -298,6 +299,10 @@ class DescribeAnythingModel(nn.Module):
             grouped.append(captions[start:start + count])
             start += count
         return grouped
+
+    def caption_session(self, max_new_tokens: int = 128) -> CaptionSession:
+        """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py)."""
+        return CaptionSession(self, max_new_tokens)
 
     def stream(self, image, mask, *, query: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.5, seed: int | None = None) -> Iterator[str]:
