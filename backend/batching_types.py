@@ -106,10 +106,12 @@ class SchedulerClosed(BackendError):
 @dataclass(frozen=True, eq=False)
 class Region:
     """One region to caption: image HxWx3 uint8 (share one array object for the regions of one image: they are
-    encoded together), mask HxW, query None = the model's default."""
+    encoded together), mask HxW, query None = the model's default; prepared: the region's model inputs made ahead
+    by the caller (`prepare_regions` row: pixel_values, is_focal), taken by continuous-batching sessions."""
     image: np.ndarray
     mask: np.ndarray
     query: str | None = None
+    prepared: Any = None
 
 
 @dataclass(frozen=True, eq=False)

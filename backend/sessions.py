@@ -55,7 +55,8 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
     def admit(entries: list[_Entry]) -> None:
         try:
             with lock:
-                finished = session.admit([(e.work.image, e.work.mask, e.work.query) for e in entries], entries)
+                finished = session.admit([(e.work.image, e.work.mask, e.work.query, e.work.prepared)
+                                          for e in entries], entries)
         except BaseException as error:  # noqa: BLE001 - every request gets an answer; only the culprit fails
             per_ticket: dict[int, list[_Entry]] = {}
             for entry in entries:

@@ -175,22 +175,31 @@ class CaptionSession:
         """The handles of the rows in flight, in row order."""
         return list(self.decoder.handles)
 
-    def admit(self, regions: Sequence[tuple[np.ndarray, np.ndarray, str | None]],
-              handles: Sequence[Hashable]) -> list[tuple[Hashable, Caption]]:
-        """Encode and prefill regions; the regions of one image (the same array object) are preprocessed together.
-        Returns the captions already finished. Raises ValueError for an unusable region (nothing is admitted)."""
-        images: dict[int, tuple[np.ndarray, list[int]]] = {}
-        for row, (image, _, _) in enumerate(regions):
-            images.setdefault(id(image), (image, []))[1].append(row)
-        items = [(image, [regions[r][1] for r in rows]) for image, rows in images.values()]
-        visual, _ = self.model._encode_items(items)
-        order = [r for _, rows in images.values() for r in rows]  # the row of each encoded region
-        prompts = [self.model._prompt_ids(query) for _, _, query in regions]
+    def admit(self, regions: Sequence[tuple], handles: Sequence[Hashable]) -> list[tuple[Hashable, Caption]]:
+        """Encode and prefill regions: (image, mask, query) or (image, mask, query, prepared), `prepared` being the
+        region's row of `prepare_regions` (pixel_values [8, S, S], is_focal) made beforehand, e.g. in a request
+        thread while the model decoded, or None. Regions of one image (the same array object) are preprocessed
+        together. Returns the captions already finished; ValueError for an unusable region (nothing is admitted)."""
+        size = self.model.config.vision.image_size
+        pixels: list[Any] = [None] * len(regions)
+        focal: list[Any] = [None] * len(regions)
+        todo: dict[int, tuple[np.ndarray, list[int]]] = {}
+        for row, (image, _, _, *prepared) in enumerate(regions):
+            if prepared and prepared[0] is not None and prepared[0][0].shape[-1] == size:
+                pixels[row], focal[row] = prepared[0]
+            else:
+                todo.setdefault(id(image), (image, []))[1].append(row)
+        for image, rows in todo.values():
+            batch = self.model.prepare_regions(image, [regions[r][1] for r in rows])
+            for i, row in enumerate(rows):
+                pixels[row], focal[row] = batch.pixel_values[i], batch.is_focal[i]
+        prompts = [self.model._prompt_ids(region[2]) for region in regions]
         if any(sum(1 for t in p if t == IMAGE_TOKEN_ID) != 1 for p in prompts):
             raise ValueError("an image query must contain exactly one <image> placeholder")
-        encoded = visual[torch.tensor(np.argsort(order), device=visual.device)]
         with torch.inference_mode():
-            embeds, mask, _ = self.model.splice(prompts, encoded, padding_side="left")
+            visual = self.model.encode_images(torch.stack(pixels).to(self.model.device, self.model.dtype),
+                                              torch.stack(focal))
+            embeds, mask, _ = self.model.splice(prompts, visual, padding_side="left")
         return self._captions(self.decoder.admit(embeds, mask, list(handles)))
 
     def step(self) -> list[tuple[Hashable, Caption]]:

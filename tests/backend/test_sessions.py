@@ -153,3 +153,13 @@ def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions
     time.sleep(1.0)
     assert model.steps <= at_cancel + 2 < len(alone[3].token_ids)  # dropped after the step running at the time
     assert scheduler.caption([Region(*regions[4])], generation=GEN)[0].caption.token_ids == alone[4].token_ids
+
+
+def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_scheduler, tiny_dam, regions, alone):
+    scheduler = make_scheduler(lambda: served(tiny_dam, "v1"), batch_max_wait_ms=0)
+    image, mask = regions[5]
+    batch = tiny_dam.prepare_regions(image, [mask])
+    ready = Region(image, mask, None, (batch.pixel_values[0], batch.is_focal[0]))
+    other_size = Region(image, mask, None, (batch.pixel_values[0][:, :8, :8], batch.is_focal[0]))  # e.g. a swap
+    got = [scheduler.caption([work], generation=GEN)[0].caption.token_ids for work in (ready, other_size)]
+    assert got == [alone[5].token_ids] * 2
