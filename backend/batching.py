@@ -241,9 +241,10 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - a failing store: stop admitting to the old model all the same
             return False
 
-    def take_rows(self, key: tuple, room: Mapping[str, int]) -> list[_Entry]:
+    def take_rows(self, key: tuple, room: Mapping[str, int], together_s: float = 0.0) -> list[_Entry]:
         """Waiting regions that can join a session decoding `key`'s rows: clicks first, at most room[kind] of each
-        kind (expired and cancelled work is dropped first)."""
+        kind (expired and cancelled work is dropped first). A lone region is left waiting until it has waited
+        `together_s`, so that the next one can share its encoding and prefill."""
         taken: list[_Entry] = []
         with self._cond:
             now = time.monotonic()
@@ -256,6 +257,8 @@ class Scheduler:
                 rest: deque[_Entry] = deque()
                 for entry in self._queues[kind]:
                     (picked if len(picked) < limit and joins(entry.key, key) else rest).append(entry)
+                if len(picked) == 1 and limit > 1 and now - picked[0].enqueued_at < together_s:
+                    continue  # alone for now: wait (the decode goes on meanwhile)
                 if picked:
                     self._queues[kind] = rest
                     self.observer.queue_depth(kind, len(rest))

@@ -19,12 +19,16 @@ each of which refuses an empty mask before the model sees it (dam_model.focal ra
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dam_model.focal import full_view
 from ls_io.errors import RLEError
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.media import MediaFetcher
@@ -70,6 +74,8 @@ class DAMBackend:
         self.scheduler = scheduler or Scheduler(store.get)
         self.generation = Generation(max_new_tokens=settings.max_new_tokens)
         self.label_config: str | None = None
+        self._views: OrderedDict[tuple[int, int], tuple[weakref.ref, np.ndarray]] = OrderedDict()  # _shared_view
+        self._views_lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup
     def setup(self, label_config: str, project: str | None = None, extra_params: dict | None = None,
@@ -189,8 +195,25 @@ class DAMBackend:
         prepare = getattr(loaded.model, "prepare_regions", None)
         if kind != INTERACTIVE or not callable(prepare) or not self.scheduler.settings.continuous_batching:
             return [None] * len(masks)
-        batch = prepare(image, masks)
+        batch = prepare(image, masks, self._shared_view(image, loaded.model.config.vision.image_size))
         return [(batch.pixel_values[i], batch.is_focal[i]) for i in range(len(masks))]
+
+    def _shared_view(self, image: np.ndarray, size: int) -> np.ndarray:
+        """The image's full view at `size`, kept for the next click on it: the decoded-image cache (ls_io.media) hands
+        out one read-only array per image, so the same live object means the same pixels."""
+        key = (id(image), size)
+        with self._views_lock:
+            hit = self._views.get(key)
+            if hit is not None and hit[0]() is image:
+                self._views.move_to_end(key)
+                return hit[1]
+        view = full_view(image, size)
+        if not image.flags.writeable:  # only an image nobody changes in place
+            with self._views_lock:
+                self._views[key] = (weakref.ref(image), view)
+                while len(self._views) > max(1, self.settings.image_cache_items):
+                    self._views.popitem(last=False)
+        return view
 
     @staticmethod
     def _seconds_left(deadline: float | None) -> float | None:

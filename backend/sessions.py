@@ -6,9 +6,12 @@ The batch the scheduler formed opens a session. After every decode step the sess
 - hands out the captions of the rows that ended (a request answers when its last region ends, not when the
   longest caption of its batch does);
 - drops the rows whose request was cancelled or ran past its deadline;
-- admits waiting regions with the same generation settings, clicks first: at most BATCH_MAX_SIZE click rows and
-  BULK_BATCH_MAX_SIZE batch rows in flight, so a click finds a place at the next step even beside bulk work, and
-  bulk work advances at every step however many clicks come (no starvation);
+- admits waiting regions with the same generation settings, clicks first: at most BATCH_MAX_SIZE click rows, and
+  BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode (each admission pauses every row for
+  its encoding and prefill: a click must not wait out waves of bulk admissions), so a click finds a place at the
+  next step even beside bulk work, and bulk work advances at every step however many clicks come (no starvation);
+  a lone click arriving while others decode waits up to ADMIT_TOGETHER_S for a second one to share its admission
+  (encoding and prefill cost about the same for 1 or 2 regions; the decode goes on meanwhile);
 - admits nothing once another model version is served: it drains, and the next session opens on the new model.
 It ends when no row is left. An error while admitting fails only the requests being admitted (each is retried
 alone when several were); an error in a step fails the rows in flight.
@@ -25,6 +28,9 @@ from .batching_types import BATCH, INTERACTIVE, Region, _Entry
 
 if TYPE_CHECKING:  # type hints only: backend/batching.py imports this module
     from .batching import Scheduler
+
+ADMIT_TOGETHER_S = 0.010  # a lone click arriving during a decode waits this long for another to share its admission
+BULK_BESIDE_CLICKS = 2  # bulk rows kept decoding while clicks are in flight (bulk work never stops)
 
 
 def session_capable(model: Any, key: tuple) -> bool:
@@ -73,6 +79,7 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
     admit(batch)
     last_delivery = time.monotonic()
     while session.rows:
+        scheduler.observer.decode_step(session.rows)
         try:
             with lock:
                 finished = session.step()
@@ -88,10 +95,17 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
         gone = [entry for entry in session.handles if entry.ticket.done()]
         if gone:
             session.drop(gone)
+            for entry in gone:
+                reason = "cancelled" if entry.ticket.cancelled() else "failed"  # (wait() cancels at its deadline)
+                scheduler.observer.dropped(entry.ticket.kind, reason, 1)
         if not scheduler.serves(served):
             continue  # a promotion: drain, the next session opens on the new model
         kinds = [entry.ticket.kind for entry in session.handles]
-        room = {INTERACTIVE: settings.batch_max_size - kinds.count(INTERACTIVE),
-                BATCH: settings.bulk_batch_max_size - kinds.count(BATCH)}
-        if joining := scheduler.take_rows(key, room):
-            admit(joining)
+        clicks = scheduler.take_rows(key, {INTERACTIVE: settings.batch_max_size - kinds.count(INTERACTIVE)},
+                                     ADMIT_TOGETHER_S)
+        # While clicks decode, bulk work keeps BULK_BESIDE_CLICKS rows going instead of BULK_BATCH_MAX_SIZE: each
+        # admission pauses every row for its encoding and prefill, and a click would wait out a wave of them.
+        bulk_cap = settings.bulk_batch_max_size if not clicks and INTERACTIVE not in kinds else BULK_BESIDE_CLICKS
+        bulk = scheduler.take_rows(key, {BATCH: min(bulk_cap, settings.bulk_batch_max_size) - kinds.count(BATCH)})
+        if clicks or bulk:
+            admit(clicks + bulk)

@@ -300,10 +300,11 @@ class DescribeAnythingModel(nn.Module):
             start += count
         return grouped
 
-    def prepare_regions(self, image, masks: Sequence) -> RegionBatch:
+    def prepare_regions(self, image, masks: Sequence, shared_view: np.ndarray | None = None) -> RegionBatch:
         """The model inputs of regions of one image (preprocess_regions at this model's vision size): CPU work that
-        a caller may do ahead, outside the model's lock (CaptionSession.admit takes the rows)."""
-        return preprocess_regions(image, list(masks), self.config.vision.image_size)
+        a caller may do ahead, outside the model's lock (CaptionSession.admit takes the rows). shared_view: the
+        image's `focal.full_view` at this size, when the caller keeps it (clicks on one image)."""
+        return preprocess_regions(image, list(masks), self.config.vision.image_size, shared_view=shared_view)
 
     def caption_session(self, max_new_tokens: int = 128) -> CaptionSession:
         """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py)."""
