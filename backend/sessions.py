@@ -10,8 +10,8 @@ The batch the scheduler formed opens a session. After every decode step the sess
   BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode (each admission pauses every row for
   its encoding and prefill: a click must not wait out waves of bulk admissions), so a click finds a place at the
   next step even beside bulk work, and bulk work advances at every step however many clicks come (no starvation);
-  a lone click arriving while others decode waits up to ADMIT_TOGETHER_S for a second one to share its admission
-  (encoding and prefill cost about the same for 1 or 2 regions; the decode goes on meanwhile);
+  a lone click arriving while other clicks decode waits up to ADMIT_TOGETHER_S for a second one to share its
+  admission (encoding and prefill cost about the same for 1 or 2 regions; the decode goes on meanwhile);
 - admits nothing once another model version is served: it drains, and the next session opens on the new model.
 It ends when no row is left. An error while admitting fails only the requests being admitted (each is retried
 alone when several were); an error in a step fails the rows in flight.
@@ -101,8 +101,8 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
         if not scheduler.serves(served):
             continue  # a promotion: drain, the next session opens on the new model
         kinds = [entry.ticket.kind for entry in session.handles]
-        clicks = scheduler.take_rows(key, {INTERACTIVE: settings.batch_max_size - kinds.count(INTERACTIVE)},
-                                     ADMIT_TOGETHER_S)
+        together = ADMIT_TOGETHER_S if INTERACTIVE in kinds else 0.0  # beside bulk work only: no one to wait for
+        clicks = scheduler.take_rows(key, {INTERACTIVE: settings.batch_max_size - kinds.count(INTERACTIVE)}, together)
         # While clicks decode, bulk work keeps BULK_BESIDE_CLICKS rows going instead of BULK_BATCH_MAX_SIZE: each
         # admission pauses every row for its encoding and prefill, and a click would wait out a wave of them.
         bulk_cap = settings.bulk_batch_max_size if not clicks and INTERACTIVE not in kinds else BULK_BESIDE_CLICKS
