@@ -9,6 +9,11 @@ settings), up to BATCH_MAX_SIZE (BULK_BATCH_MAX_SIZE for batch requests); an idl
 BATCH_MAX_WAIT_MS after that entry arrived for the batch to fill. Regions of one image are encoded together; the
 batch is ONE call (`describe_batch`; `describe_video` for a track). A submission's `Ticket` (a Future) resolves
 when all its regions are captioned.
+- Continuous batching (CONTINUOUS_BATCHING, on by default): when the model has `caption_session` (DAM) and the work
+  is greedy image regions, the batch instead opens a decode session (backend/sessions.py) that other regions join
+  between two steps and leave as soon as their caption ends; clicks and bulk rows then share the steps (at most
+  BATCH_MAX_SIZE click rows and BULK_BATCH_MAX_SIZE bulk rows). The points below describe the call-per-batch path;
+  backpressure, deadlines, cancellation, failures and promotions hold for sessions too.
 - Interactive first: kinds never share a call, and while a batch-kind call decodes, waiting clicks are captioned
   between two of its decode steps (`dam_model.generation.between_steps`, one click batch per step): a click waits
   one step, not a 200-region request, and the paused call resumes unchanged. Fair share: after FAIR_SHARE_EVERY
@@ -20,8 +25,9 @@ when all its regions are captioned.
   one request's unusable region fails only that request.
 - Deadlines: entries whose deadline passed, or whose Ticket was cancelled (the client is gone), are dropped before
   they cost model time; `Ticket.wait()` raises `DeadlineExceeded` (504) when the deadline passes first.
-- Hot promotion: `get_model()` is called for every batch: a model swapped between batches serves the next one and
-  nothing fails; each `Captioned` names the version that wrote it.
+- Hot promotion: `get_model()` is called for every batch (and after every step of a session, which then drains):
+  a model swapped between batches serves the next one and nothing fails; each `Captioned` names the version that
+  wrote it.
 - close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
   The worker thread starts with the first submission (an app that never captions holds no thread); it is a daemon,
   so in-flight requests finish during gunicorn's graceful shutdown and nothing waits on it at exit.
@@ -29,177 +35,25 @@ when all its regions are captioned.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, fields
+from concurrent.futures import InvalidStateError
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from dam_model.generation import between_steps
 
+from .batching_types import (BATCH, FAIR_SHARE_EVERY, INTERACTIVE, KINDS, BatchingSettings, Captioned,  # noqa: F401
+                             DeadlineExceeded, Generation, Region, SchedulerClosed, SchedulerObserver, Ticket,
+                             TooManyRegions, Track, _Entry)  # re-exported: the scheduler's vocabulary
 from .errors import BackendError, Overloaded
+from .sessions import joins, run_session, session_capable
 
 log = logging.getLogger(__name__)
-
-INTERACTIVE, BATCH = "interactive", "batch"
-KINDS = (INTERACTIVE, BATCH)
-FAIR_SHARE_EVERY = 8  # click batches in a row while batch work waits, before one batch-kind call
-
-
-# ------------------------------------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class BatchingSettings:
-    """Scheduler settings. Field name == environment variable name, upper-cased (as backend/settings.py)."""
-
-    batch_max_size: int = 8
-    """Most regions of interactive requests (clicks) captioned in one model call: small keeps each click fast."""
-    bulk_batch_max_size: int = 16
-    """Most regions of batch requests (Retrieve predictions) in one call. A click arriving meanwhile waits for its
-    image encoding and prefill, then one decode step: larger is more efficient, smaller keeps clicks fast."""
-    batch_max_wait_ms: float = 2.0
-    """How long an idle model waits after a region arrives for others to join its call (ms). 0: never wait."""
-    queue_max_regions: int = 512
-    """Regions allowed to wait; beyond, /predict answers 503 with Retry-After. A single request with more regions than
-    this is refused with 413 (split the task)."""
-    interactive_deadline_s: float = 100.0
-    """Seconds a click may wait for its captions (Label Studio's default ML_TIMEOUT_PREDICT); then its work is
-    dropped and the request gets 504."""
-    batch_deadline_s: float = 290.0
-    """Seconds a batch request (Retrieve predictions, bulk) may take: below ML_TIMEOUT_PREDICT (300 in this
-    project's compose file; after it nobody reads the answer) and gunicorn's TIMEOUT."""
-
-    def __post_init__(self) -> None:
-        problems = {"BATCH_MAX_SIZE must be >= 1": self.batch_max_size < 1,
-                    "BATCH_MAX_WAIT_MS must be in [0, 1000]": not 0 <= self.batch_max_wait_ms <= 1000,
-                    "BULK_BATCH_MAX_SIZE must be >= 1": self.bulk_batch_max_size < 1,
-                    "QUEUE_MAX_REGIONS must be >= BATCH_MAX_SIZE": self.queue_max_regions < self.batch_max_size,
-                    "INTERACTIVE_DEADLINE_S must be > 0": not self.interactive_deadline_s > 0,
-                    "BATCH_DEADLINE_S must be > 0": not self.batch_deadline_s > 0}
-        wrong = [problem for problem, failed in problems.items() if failed]
-        if wrong:
-            raise ValueError(f"{'; '.join(wrong)} (got {self})")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "BatchingSettings":
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in (f for f in fields(cls) if env.get(f.name.upper()) is not None):
-            raw = env[f.name.upper()]
-            try:
-                values[f.name] = int(raw) if f.type == "int" else float(raw)
-            except ValueError as exc:
-                raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
-        return cls(**values)
-
-
-# ------------------------------------------------------------------------------------------------ errors
-# A full queue raises backend.errors.Overloaded (503 + Retry-After), the error the rest of the server uses.
-class TooManyRegions(BackendError):
-    """One submission holds more regions than the whole queue."""
-    status = 413
-    kind = "bad_request"
-
-
-class DeadlineExceeded(BackendError):
-    """The work was not done before its deadline (or its client went away); it was dropped."""
-    status = 504
-    kind = "overloaded"
-
-
-class SchedulerClosed(BackendError):
-    """The server is shutting down."""
-    status = 503
-    kind = "model_unavailable"
-    retry_after = 5
-
-
-# ------------------------------------------------------------------------------------------------ work
-@dataclass(frozen=True, eq=False)
-class Region:
-    """One region to caption: image HxWx3 uint8 (share one array object for the regions of one image: they are
-    encoded together), mask HxW, query None = the model's default."""
-    image: np.ndarray
-    mask: np.ndarray
-    query: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Track:
-    """One video track: the sampled frames and their masks (see DescribeAnythingModel.describe_video)."""
-    frames: Sequence[np.ndarray]
-    masks: Sequence[np.ndarray]
-    query: str | None = None
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Decoding options of a submission (greedy by default); part of the batching key."""
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 0.5
-    seed: int | None = None
-
-    def kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Captioned:
-    """A caption (dam_model.generation.Caption) and the version of the model that wrote it."""
-    caption: Any
-    model_version: str
-
-
-class Ticket(Future):
-    """Future of one submission: one Captioned per work, in order. cancel() drops its unrun work (client gone)."""
-
-    def __init__(self, kind: str, deadline: float, size: int, submitted_at: float) -> None:
-        super().__init__()
-        self.kind, self.deadline, self.submitted_at = kind, deadline, submitted_at
-        self.captions: list[Captioned | None] = [None] * size
-        self.remaining = size
-
-    def wait(self) -> list[Captioned]:
-        """The captions, or DeadlineExceeded once the deadline passes (the remaining work is then dropped)."""
-        try:
-            return self.result(timeout=max(0.0, self.deadline - time.monotonic()))
-        except TimeoutError:
-            if self.cancel():
-                raise DeadlineExceeded(f"{self.kind} request not captioned within its deadline") from None
-            return self.result()  # finished as the wait ended
-
-    def _fail(self, error: BaseException) -> None:
-        if not self.done():
-            with contextlib.suppress(InvalidStateError):  # cancelled or resolved meanwhile
-                self.set_exception(error)
-
-
-@dataclass(eq=False)
-class _Entry:
-    ticket: Ticket
-    index: int
-    work: Region | Track
-    key: tuple
-    enqueued_at: float
-
-
-# ------------------------------------------------------------------------------------------------ metrics hooks
-class SchedulerObserver:
-    """Metrics hooks, no-ops here (backend/batching_metrics.py records them); called from any thread: keep cheap."""
-
-    def queue_depth(self, kind: str, regions: int) -> None: ...
-    def batch_formed(self, kind: str, size: int, waits_s: Sequence[float]) -> None: ...
-    def completed(self, kind: str, latency_s: float) -> None: ...
-    def rejected(self, kind: str, reason: str) -> None: ...
-    def dropped(self, kind: str, reason: str, regions: int) -> None: ...
-
 
 # ------------------------------------------------------------------------------------------------ the scheduler
 class Scheduler:
@@ -361,8 +215,9 @@ class Scheduler:
                 log.exception("batching worker: unexpected error")
 
     def _run(self, batch: list[_Entry], served: Any = None) -> None:
-        """One model call for `batch`; `served` is given for clicks run between two decode steps of a bulk call
-        (that call already holds the model's lock)."""
+        """One model call for `batch`, or a continuous-batching session it opens (backend/sessions.py) when the model
+        has one; `served` is given for clicks run between two decode steps of a bulk call (that call already holds
+        the model's lock)."""
         kind, started = batch[0].ticket.kind, time.monotonic()
         self.observer.batch_formed(kind, len(batch), [started - e.enqueued_at for e in batch])
         nested = served is not None
@@ -373,7 +228,55 @@ class Scheduler:
                 for entry in batch:
                     entry.ticket._fail(error)
                 return
+            if self.settings.continuous_batching and session_capable(served.model, batch[0].key):
+                run_session(self, batch, served)
+                return
         self._caption(batch, served, nested)
+
+    # ---------------------------------------------------------------- for backend/sessions.py
+    def serves(self, served: Any) -> bool:
+        """Whether `served` is still the model get_model() returns (no promotion since)."""
+        try:
+            return self.get_model() is served
+        except Exception:  # noqa: BLE001 - a failing store: stop admitting to the old model all the same
+            return False
+
+    def take_rows(self, key: tuple, room: Mapping[str, int], together_s: float = 0.0) -> list[_Entry]:
+        """Waiting regions that can join a session decoding `key`'s rows: clicks first, at most room[kind] of each
+        kind (expired and cancelled work is dropped first). A lone region is left waiting until it has waited
+        `together_s`, so that the next one can share its encoding and prefill."""
+        taken: list[_Entry] = []
+        with self._cond:
+            now = time.monotonic()
+            self._purge(now)
+            for kind in KINDS:
+                limit = room.get(kind, 0)
+                if limit <= 0 or not self._queues[kind]:
+                    continue
+                picked: list[_Entry] = []
+                rest: deque[_Entry] = deque()
+                for entry in self._queues[kind]:
+                    (picked if len(picked) < limit and joins(entry.key, key) else rest).append(entry)
+                if len(picked) == 1 and limit > 1 and now - picked[0].enqueued_at < together_s:
+                    continue  # alone for now: wait (the decode goes on meanwhile)
+                if picked:
+                    self._queues[kind] = rest
+                    self.observer.queue_depth(kind, len(rest))
+                    self.observer.batch_formed(kind, len(picked), [now - e.enqueued_at for e in picked])
+                    taken += picked
+        return taken
+
+    def resolve(self, entry: _Entry, caption: Any, version: str, done_at: float) -> None:
+        """Record one region's caption; its request's Ticket resolves with the last of its regions."""
+        ticket = entry.ticket
+        if ticket.done():
+            return
+        ticket.captions[entry.index] = Captioned(caption, version)
+        ticket.remaining -= 1
+        if ticket.remaining == 0:
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                ticket.set_result(list(ticket.captions))
+                self.observer.completed(ticket.kind, done_at - ticket.submitted_at)
 
     def _caption(self, batch: list[_Entry], served: Any, nested: bool) -> None:
         kind, started = batch[0].ticket.kind, time.monotonic()
@@ -393,18 +296,14 @@ class Scheduler:
                 entry.ticket._fail(error)
             return
         done_at = time.monotonic()
-        rate = len(batch) / max(done_at - started, 1e-6)
-        self._regions_per_s = rate if self._regions_per_s is None else 0.8 * self._regions_per_s + 0.2 * rate
+        self.measured(len(batch), done_at - started)
         for entry, caption in zip(batch, captions):
-            ticket = entry.ticket
-            if ticket.done():
-                continue
-            ticket.captions[entry.index] = Captioned(caption, str(served.version))
-            ticket.remaining -= 1
-            if ticket.remaining == 0:
-                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                    ticket.set_result(list(ticket.captions))
-                    self.observer.completed(kind, done_at - ticket.submitted_at)
+            self.resolve(entry, caption, str(served.version), done_at)
+
+    def measured(self, regions: int, seconds: float) -> None:
+        """Throughput estimate for Retry-After (exponential average of regions per second)."""
+        rate = regions / max(seconds, 1e-6)
+        self._regions_per_s = rate if self._regions_per_s is None else 0.8 * self._regions_per_s + 0.2 * rate
 
     def _call(self, served: Any, batch: list[_Entry], hold_lock: bool, preemptible: bool) -> list[Any]:
         model, first = served.model, batch[0]

@@ -142,12 +142,20 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = None) -> RegionBatch:
+def full_view(image, size: int) -> np.ndarray:
+    """The whole image as the model sees it: uint8 [3, S, S] (PIL bicubic, squashed), the part every region of the
+    image shares; a caller that captions the same image again (clicks) may keep it for `preprocess_regions`."""
+    return np.asarray(Image.fromarray(to_rgb_array(image)).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+
+
+def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = None,
+                       shared_view: np.ndarray | None = None) -> RegionBatch:
     """Image + N region masks -> the 8-channel model input for every region (the image is decoded once).
 
     image: HxWx3 uint8 numpy or PIL; masks: N masks HxW (bool/uint8; > 0 is foreground) or one HxW mask;
     size: the vision input size S in pixels; workers: threads over regions (default 1 = serial; see
-    `default_workers()`). Raises ValueError for an empty mask or a mask of another size.
+    `default_workers()`); shared_view: this image's `full_view(image, size)` when the caller has it.
+    Raises ValueError for an empty mask or a mask of another size.
     Shared work: one PIL image and one full-view resize (and its float conversion) for all regions; masks resized
     as 1-band L images (bit-identical to the release's 3-channel mask resize, channel 0), the full-view mask over
     the part its foreground reaches only (`dam_model.mask_resize`); plain-path regions reuse the full view; the
@@ -169,9 +177,10 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
     out = np.empty((n, 8, size, size), dtype=np.uint8)
     values = np.empty((n, 8, size, size), dtype=np.float32)
     full_image = Image.fromarray(rgb)
-    full_view = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
-    full_values = np.empty(full_view.shape, dtype=np.float32)
-    normalise_into(full_values, full_view)
+    if shared_view is None or shared_view.shape != (3, size, size):
+        shared_view = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+    full_values = np.empty(shared_view.shape, dtype=np.float32)
+    normalise_into(full_values, shared_view)
     is_focal = np.array([not is_full_image(box, height, width) for box in crop_boxes], dtype=bool)
 
     def mask_channel(i: int, channel: int, resized: np.ndarray, window: tuple[slice, slice]) -> None:
@@ -180,7 +189,7 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
         normalise_into(values[i, channel][window], resized[window])
 
     def one_region(i: int) -> None:
-        out[i, 0:3], values[i, 0:3] = full_view, full_values
+        out[i, 0:3], values[i, 0:3] = shared_view, full_values
         mask_channel(i, 3, *resize_mask(binaries[i], mask_boxes[i], size))
         if not is_focal[i]:
             out[i, 4:8], values[i, 4:8] = out[i, 0:4], values[i, 0:4]  # same view: reuse the full resize (plain path)

@@ -12,15 +12,8 @@ rows see exactly the inputs they saw before; tests compare token ids with and wi
 decoding). Seeded sampling stays reproducible for the same inputs, but its draws depend on which rows are still in
 the batch, so sampled texts differ from a run with compaction off. `DecodeStats` counts the row-steps saved.
 
-Continuous batching (new rows joining a running decode) is NOT done; where it would plug in: in `decode_steps`,
-right after the compaction point and before the next `llm(...)` call, an `admit()` callback would hand over new rows
-(spliced embeddings + mask). They would be prefilled into their own DynamicCache, the shorter of the two caches
-left-padded along the sequence axis (keys/values [rows, heads, seq, dim], mask zeros), both concatenated on the
-batch axis, and `active` extended with the new rows' ids; positions are already per row (`next_position`), so no
-other change is needed, but the yielded tensors would have to grow (callers index rows by id, not by position).
-On the tiny CPU model it does not pay (figures in the scheduler's report: a whole 8-region batch takes ~0.5 s,
-so a click waits at most one batch), and the left-padded merge changes attention shapes, which costs greedy
-batch == single equality on some kernels. On a GPU with long captions (256 tokens) it is the next step.
+Continuous batching (rows joining a running decode between two steps) lives in dam_model/continuous.py; the
+serving scheduler uses it (backend/sessions.py). This module keeps the one-call batched decode.
 """
 from __future__ import annotations
 

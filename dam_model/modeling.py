@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import DAMConfig
+from .continuous import CaptionSession
 from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames
 from .generation import (Caption, GenerationSettings, TextStreamer, decode_steps, generate, make_caption)
 from .projector import MultimodalProjector
@@ -298,6 +299,16 @@ class DescribeAnythingModel(nn.Module):
             grouped.append(captions[start:start + count])
             start += count
         return grouped
+
+    def prepare_regions(self, image, masks: Sequence, shared_view: np.ndarray | None = None) -> RegionBatch:
+        """The model inputs of regions of one image (preprocess_regions at this model's vision size): CPU work that
+        a caller may do ahead, outside the model's lock (CaptionSession.admit takes the rows). shared_view: the
+        image's `focal.full_view` at this size, when the caller keeps it (clicks on one image)."""
+        return preprocess_regions(image, list(masks), self.config.vision.image_size, shared_view=shared_view)
+
+    def caption_session(self, max_new_tokens: int = 128) -> CaptionSession:
+        """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py)."""
+        return CaptionSession(self, max_new_tokens)
 
     def stream(self, image, mask, *, query: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.5, seed: int | None = None) -> Iterator[str]:

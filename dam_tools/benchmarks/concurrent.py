@@ -10,8 +10,8 @@ smart keypoint -> region-grow mask -> one caption, on 8 synthetic scenes served 
 2. Interactive p95 while a 200-region batch request runs (one task with 200 brush regions, as "Retrieve
    predictions" sends it) over the idle interactive p95 (the 1-client clicks); goal <= 2.
 Before the server starts it prints the decode waste that generation's compaction removes (tiny model, 8 regions
-with mixed caption lengths). It measures whatever server the checkout has: with the batching scheduler wired in
-(its /metrics then shows dam_backend_batch_regions) or today's one-request-one-model-call server.
+with mixed caption lengths) and the region-grow segmenter's time per click. With continuous batching it also prints
+how many rows the 8 clients' decode steps held on average (/metrics dam_backend_decode_rows).
 
 Run it as `python scripts/bench.py concurrent` (a submodule of dam_tools.benchmarks: no clash with the standard
 library's `concurrent` package).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import statistics
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from dam_model.focal import preprocess_regions
 from dam_model.generation import DecodeStats, GenerationSettings, generate
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.prompt import build_prompt, tokenize_prompt
+from dam_model.segmentation import RegionGrowSegmenter
 from dam_model.synthetic import generate_dataset
 from dam_tools.build_tiny_model import ensure_tiny_model
 from dam_tools.local_stack import LocalStack, free_port
@@ -84,6 +86,30 @@ def decode_waste(model: DescribeAnythingModel, scenes) -> None:
           f"{on.saved_row_steps / off.row_steps:.0%}; {on.compactions} compactions); decode CPU time (best of 10) "
           f"{t_off * 1000:.0f} -> {t_on * 1000:.0f} ms (a tiny-model step costs about the same for 4 or 8 rows)",
           flush=True)
+
+
+def region_grow_ms(scenes) -> float:
+    """Best-of-5 mean time of one click's region growing (the server's SEGMENTER=region) on the bench's scenes."""
+    segmenter = RegionGrowSegmenter()
+    clicks = []
+    for scene in scenes:
+        for obj in scene.objects:
+            ys, xs = np.nonzero(obj.mask)
+            clicks.append((scene.image, [[xs[len(xs) // 2] + 0.5, ys[len(ys) // 2] + 0.5]]))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for image, point in clicks:
+            segmenter.predict(image, points=point, labels=[1])
+        best = min(best, (time.perf_counter() - start) / len(clicks))
+    return best * 1000
+
+
+def decode_rows(url: str) -> tuple[float, float]:
+    """(sum, count) of /metrics dam_backend_decode_rows: rows per decode step of continuous batching."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    found = [re.search(rf"^dam_backend_decode_rows_{part} (\S+)$", text, re.M) for part in ("sum", "count")]
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)
 
 
 def click_body(captured: dict, image_url: str, scene, obj) -> dict:
@@ -190,6 +216,8 @@ def run(args) -> float:
     model_dir = ensure_tiny_model("ci")
     scenes = generate_dataset(seed=31, n=8)
     decode_waste(DescribeAnythingModel.from_pretrained(model_dir, device="cpu", dtype="float32").eval(), scenes)
+    height, width = scenes[0].image.shape[:2]
+    print(f"region-grow segmenter: {region_grow_ms(scenes):.1f} ms per click at {width}x{height} (best of 5)", flush=True)
     captured = json.loads(CAPTURED.read_text())["body"]
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -209,10 +237,12 @@ def run(args) -> float:
             warm = Client(url)
             for body in clicks[:4] + [bulk]:  # load the model, fill the media caches
                 warm.post(body)
-            single, many = [], []
+            single, many, rows = [], [], [0.0, 0.0]
             for _ in range(rounds):  # interleaved, so load from other processes hits both sides alike
                 single.append(clients_phase(url, clicks, 1, CLICKS_PER_ROUND))
+                before = decode_rows(url)
                 many.append(clients_phase(url, clicks, CLIENTS, CLICKS_PER_ROUND * 2 // CLIENTS))
+                rows = [total + after - first for total, after, first in zip(rows, decode_rows(url), before)]
             during, bulk_seconds = [], []
             for _ in range(2):
                 latencies, seconds = clicks_during_bulk(url, clicks, bulk)
@@ -232,6 +262,8 @@ def run(args) -> float:
     print(f"interactive p95 idle {idle_p95:.3f} s; during a {BULK_REGIONS}-region batch request "
           f"(took {statistics.median(bulk_seconds):.1f} s) {busy_p95:.3f} s over {len(during)} clicks "
           f"-> {busy_p95 / idle_p95:.2f}x (goal <= 2)")
+    if rows[1]:
+        print(f"continuous batching: {CLIENTS} clients' decode steps held {rows[0] / rows[1]:.1f} rows on average")
     ratio = rates[f"{CLIENTS} clients"] / rates["1 client"]
     print(f"{CLIENTS} clients / 1 client: {ratio:.2f}x regions/s (goal >= 3)")
     return ratio

@@ -11,6 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
+from backend.app import backend_of
 from ls_io.rle import decode_rle, encode_rle
 from ls_io.tracks import track_boxes, track_masks
 from ls_io.video_io import video_bytes
@@ -371,8 +372,6 @@ def test_webhook_token_records_and_starts_training_out_of_process(make_app, tmp_
     assert time.perf_counter() - start < 0.8 and r.json["training"]["status"] == "started"
     r2 = client.post("/webhook?token=hook-secret", json={"action": "START_TRAINING", "project": {"id": 1}})
     assert r2.json["training"]["status"] == "already_running", "never two trainings at once"
-    from backend.app import backend_of
-
     assert backend_of(app).jobs.wait(30) == 0 and marker.read_text() == "ok"
     assert client.post("/webhook?token=hook-secret", data=b"{", content_type="application/json").status_code == 400
 
@@ -444,3 +443,14 @@ def test_rectangle_only_config_captions_the_rectangle(make_app, fake_dam):
     r = client.post("/predict", json=predict_body([{"id": 1, "data": {"image": "images/img1.png"}}], config,
                                                    {"result": [kp]}))
     assert r.status_code == 422 and "BrushLabels" in r.json["error"]
+
+
+def test_a_clicked_image_keeps_its_full_view_for_the_next_click(make_app):
+    backend = backend_of(make_app())
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    writable = image.copy()
+    image.setflags(write=False)  # as the decoded-image cache hands it out
+    first = backend._shared_view(image, 16)
+    assert backend._shared_view(image, 16) is first and backend._shared_view(image, 8).shape == (3, 8, 8)
+    assert backend._shared_view(writable, 16) is not backend._shared_view(writable, 16)  # may change: not kept
+    assert np.array_equal(first, backend._shared_view(writable, 16))

@@ -6,8 +6,8 @@ import pytest
 
 from PIL import Image
 
-from dam_model.focal import (focal_crop_box, focal_crop_from_box, is_full_image, mask_box, normalisation_lut,
-                             normalise_into, preprocess_regions, select_video_frames)
+from dam_model.focal import (focal_crop_box, focal_crop_from_box, full_view, is_full_image, mask_box,
+                             normalisation_lut, normalise_into, preprocess_regions, select_video_frames)
 from dam_model.mask_resize import HORIZONTAL_FIRST, VERTICAL_FIRST, pass_order, resize_mask
 
 
@@ -96,6 +96,13 @@ def test_vectorised_equals_naive_per_region(scene):
         batch = preprocess_regions(image, region_masks, 28)
         for i, m in enumerate(region_masks):
             assert np.array_equal(batch.pixel_values[i].numpy(), naive_region(image, m, 28))
+
+
+def test_a_kept_full_view_gives_the_same_inputs(scene):
+    images, masks = scene
+    plain = preprocess_regions(images[0], masks[0], 28)
+    shared = preprocess_regions(images[0], masks[0], 28, shared_view=full_view(images[0], 28))
+    assert np.array_equal(plain.pixel_values.numpy(), shared.pixel_values.numpy())
 
 
 def test_pil_and_uint8_masks_accepted(scene):

@@ -1,0 +1,165 @@
+"""Continuous batching in the scheduler (backend/sessions.py) with the real tiny DAM: concurrent clicks share decode
+steps and get the captions they get alone; a click joins a running bulk decode and ends first; a promotion drains
+the session onto the new model; an unusable region fails only its request; a cancelled request leaves the decode."""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from backend.batching import BATCH, BatchingSettings, Generation, Region, Scheduler
+from dam_model.modeling import DescribeAnythingModel
+from dam_model.synthetic import generate_dataset, iter_region_samples
+
+GEN = Generation(max_new_tokens=40)
+
+
+class Counting:
+    """The real model, counting decode steps and admitted rows of its sessions (and never called per batch)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.steps, self.admitted, self.rows_per_step = model, 0, [], []
+
+    def caption_session(self, max_new_tokens: int):
+        session = self.model.caption_session(max_new_tokens)
+        counter = self
+
+        class Recorded:
+            rows = property(lambda _: session.rows)
+            handles = property(lambda _: session.handles)
+
+            def admit(self, regions, handles):
+                counter.admitted.append(len(regions))
+                return session.admit(regions, handles)
+
+            def step(self):
+                counter.steps += 1
+                counter.rows_per_step.append(session.rows)
+                return session.step()
+
+            def drop(self, handles):
+                session.drop(handles)
+
+        return Recorded()
+
+
+def served(model, version: str) -> SimpleNamespace:
+    return SimpleNamespace(model=model, version=version, lock=threading.Lock())
+
+
+@pytest.fixture(scope="module")
+def tiny_dam(trained_dam_dir):
+    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
+
+
+@pytest.fixture(scope="module")
+def regions():
+    return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=21, n=6)))[:16]]
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_dam, regions):
+    return [tiny_dam.describe(image, [mask], **GEN.kwargs())[0] for image, mask in regions]
+
+
+@pytest.fixture
+def make_scheduler():
+    made: list[Scheduler] = []
+
+    def build(get_model, **settings) -> Scheduler:
+        made.append(Scheduler(get_model, BatchingSettings(**settings)))
+        return made[-1]
+
+    yield build
+    for scheduler in made:
+        scheduler.close(drain=False, timeout=30)
+
+
+def caption_in_threads(scheduler, works: list, **submit) -> list:
+    out: list = [None] * len(works)
+    barrier = threading.Barrier(len(works))
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = scheduler.caption([works[i]], generation=GEN, **submit)[0]
+        except BaseException as error:  # noqa: BLE001 - returned to the test
+            out[i] = error
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(works))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return out
+
+
+def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_scheduler, tiny_dam, regions, alone):
+    model = Counting(tiny_dam)
+    scheduler = make_scheduler(lambda: served(model, "v1"), batch_max_wait_ms=20)
+    got = caption_in_threads(scheduler, [Region(*r) for r in regions[:8]])
+    assert [c.caption.token_ids for c in got] == [c.token_ids for c in alone[:8]]
+    assert [c.caption.text for c in got] == [c.text for c in alone[:8]]
+    assert sum(model.admitted) == 8 and max(model.rows_per_step) >= 2  # rows decoded side by side
+    assert model.steps < sum(len(c.token_ids) + 1 for c in alone[:8])  # fewer steps than one by one
+
+
+def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny_dam, regions, alone):
+    model = Counting(tiny_dam)
+    scheduler = make_scheduler(lambda: served(model, "v1"), bulk_batch_max_size=4, batch_max_wait_ms=0)
+    bulk = scheduler.submit([Region(*r) for r in regions[:12]], kind=BATCH, generation=GEN)
+    while not model.steps:
+        time.sleep(0.002)
+    click = scheduler.caption([Region(*regions[12])], generation=GEN)
+    assert click[0].caption.token_ids == alone[12].token_ids and not bulk.done()
+    assert [c.caption.token_ids for c in bulk.result(300)] == [c.token_ids for c in alone[:12]]
+    assert max(model.rows_per_step) <= 4 + 8  # BULK_BATCH_MAX_SIZE bulk rows beside BATCH_MAX_SIZE click rows
+
+
+def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_dam, regions, alone):
+    models = {"v1": served(Counting(tiny_dam), "v1"), "v2": served(Counting(tiny_dam), "v2")}
+    current = {"name": "v1"}
+    scheduler = make_scheduler(lambda: models[current["name"]], batch_max_wait_ms=0)
+    first = scheduler.submit([Region(*regions[0])], generation=GEN)
+    while not models["v1"].model.steps:
+        time.sleep(0.002)
+    current["name"] = "v2"
+    second = scheduler.submit([Region(*regions[1])], generation=GEN)
+    assert first.result(300)[0].model_version == "v1" and second.result(300)[0].model_version == "v2"
+    assert models["v1"].model.admitted == [1] and models["v2"].model.admitted == [1]
+    assert second.result()[0].caption.token_ids == alone[1].token_ids
+
+
+def test_an_unusable_region_fails_only_its_own_request(make_scheduler, tiny_dam, regions, alone):
+    scheduler = make_scheduler(lambda: served(tiny_dam, "v1"), batch_max_wait_ms=50)
+    image, mask = regions[0]
+    works = [Region(image, mask), Region(image, np.zeros((3, 3), bool)), Region(*regions[2])]
+    got = caption_in_threads(scheduler, works)
+    assert isinstance(got[1], ValueError) and "differs from image size" in str(got[1])
+    assert [got[0].caption.token_ids, got[2].caption.token_ids] == [alone[0].token_ids, alone[2].token_ids]
+
+
+def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions, alone):
+    model = Counting(tiny_dam)
+    scheduler = make_scheduler(lambda: served(model, "v1"), batch_max_wait_ms=0)
+    ticket = scheduler.submit([Region(*regions[3])], generation=GEN)
+    while not model.steps:
+        time.sleep(0.001)
+    assert ticket.cancel()  # the client went away
+    at_cancel = model.steps
+    time.sleep(1.0)
+    assert model.steps <= at_cancel + 2 < len(alone[3].token_ids)  # dropped after the step running at the time
+    assert scheduler.caption([Region(*regions[4])], generation=GEN)[0].caption.token_ids == alone[4].token_ids
+
+
+def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_scheduler, tiny_dam, regions, alone):
+    scheduler = make_scheduler(lambda: served(tiny_dam, "v1"), batch_max_wait_ms=0)
+    image, mask = regions[5]
+    batch = tiny_dam.prepare_regions(image, [mask])
+    ready = Region(image, mask, None, (batch.pixel_values[0], batch.is_focal[0]))
+    other_size = Region(image, mask, None, (batch.pixel_values[0][:, :8, :8], batch.is_focal[0]))  # e.g. a swap
+    got = [scheduler.caption([work], generation=GEN)[0].caption.token_ids for work in (ready, other_size)]
+    assert got == [alone[5].token_ids] * 2
