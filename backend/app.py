@@ -1,7 +1,7 @@
 """Flask app factory speaking Label Studio's ML-backend protocol.
 
 Routes: GET / and /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /versions (+ the served
-model's provenance and licences), GET /metrics.
+model's provenance and licences), GET /kpis (the nightly's learning-from-edits KPIs), GET /metrics.
 Errors are JSON `{"error": "<one-line reason>", "reason": "<kind>"}` with 400/401/403/404/413/422/502/503/504, the
 reason also in the HTTP status line (Label Studio shows only that: backend/bodies.py); 503s carry Retry-After.
 No traceback or secret is ever in a reply; the worker keeps serving.
@@ -25,6 +25,7 @@ from .batching_metrics import SchedulerMetrics
 from .bodies import parse_json_object, status_line
 from .errors import BadRequest, Overloaded, Unauthorized
 from .jobs import TrainingJobs
+from .kpis import KpiGauges, KpiSource
 from .metrics import Registry
 from .model import DAMBackend
 from .model_store import Loader, ModelStore, SegmenterStore
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     jobs = TrainingJobs(settings.events_file, settings.train_command, settings.train_log_dir)
     observer = SchedulerMetrics()
     metrics.add(*observer.metrics)
+    kpis, kpi_gauges = KpiSource.from_settings(settings), KpiGauges()
+    metrics.add(*kpi_gauges.metrics)
     scheduler = Scheduler(store.get, batching, observer)
     backend = DAMBackend(settings, store, segmenters, fetcher or MediaFetcher(settings), jobs, metrics, scheduler)
     app.extensions[EXTENSION] = backend
@@ -214,8 +217,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     def versions():
         return jsonify(versions=store.versions(), current=store.model_version, model_info=store.model_info())
 
+    @app.get("/kpis")
+    def learning_from_edits():
+        return jsonify(kpis.reply(store.model_version))
+
     @app.get("/metrics")
     def prometheus():
+        kpi_gauges.update(kpis.record())
         return Response(metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -7,6 +7,8 @@ dam_model/versions.py::
     current.json            {"version", "path": "versions/<version>", "promoted_at", "previous", "metrics"
                             (+ "rollback": true when a rollback wrote it)}
     history.jsonl           one line per pointer change (audit trail; on S3: history/<promoted_at>.json)
+    kpis.json               the latest learning-from-edits KPIs (dam_loop.steps.nightly_kpis), written every night
+                            whether or not it promotes; the backend serves them (GET /kpis, /metrics)
 
 A version folder is written first (to a staging name, renamed into place); current.json is written LAST through a
 temp file + os.replace, so a reader sees either the old or the new pointer, never a half-copied model. On S3 the
@@ -24,7 +26,7 @@ from typing import Any
 from dam_loop.cli import BadArguments, env_default
 from dam_loop.provenance import utc_now
 from dam_model.fileio import atomic_write_json, read_json
-from dam_model.versions import POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
+from dam_model.versions import KPIS_NAME, POINTER_NAME, PROVENANCE_NAME, VERSION_RE, VERSIONS_DIR, parse_s3_url, version_path
 from ls_io.s3 import make_s3_client
 
 __all__ = ["POINTER_NAME", "PROVENANCE_NAME", "VERSION_RE", "VERSIONS_DIR", "version_path", "LocalModelStore",
@@ -53,6 +55,9 @@ class LocalModelStore:
         atomic_write_json(self.root / POINTER_NAME, pointer)
         with open(self.root / "history.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(pointer, sort_keys=True) + "\n")
+
+    def write_kpis(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.root / KPIS_NAME, record)
 
     def has_version(self, version: str) -> bool:
         return (self.root / version_path(version)).is_dir()
@@ -109,6 +114,9 @@ class S3ModelStore:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + POINTER_NAME, Body=json.dumps(pointer, indent=2).encode())
         stamp = pointer["promoted_at"].replace(":", "")
         self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}history/{stamp}.json", Body=json.dumps(pointer).encode())
+
+    def write_kpis(self, record: dict[str, Any]) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + KPIS_NAME, Body=json.dumps(record, indent=2).encode())
 
     def has_version(self, version: str) -> bool:
         reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{version_path(version)}/", MaxKeys=1)

@@ -24,6 +24,9 @@ from typing import Any
 POINTER_NAME = "current.json"
 VERSIONS_DIR = "versions"
 PROVENANCE_NAME = "provenance.json"
+# The learning-from-edits KPIs the nightly publishes beside the pointer (dam_loop.steps.nightly_kpis); the backend
+# serves them at GET /kpis and in /metrics.
+KPIS_NAME = "kpis.json"
 # Files a version folder must hold to be complete (provenance.json is uploaded after every other file).
 REQUIRED_FILES = ("config.json", PROVENANCE_NAME)
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -66,11 +66,12 @@ from dam_loop.dataset import read_info
 from dam_loop.gate import GateDecision, decide_from_metrics
 from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
 from dam_loop.lock import FileLock
-from dam_loop.models_root import champion_dir, resolve_init
+from dam_loop.models_root import S3ModelStore, champion_dir, open_store, resolve_init
 from dam_loop.provenance import new_run_id, utc_iso
 from dam_loop.regression_set import add_regression_args, ensure_regression_set, regression_folder
 from dam_loop.steps import build, evaluate, nightly_kpis, nightly_report, promote, pseudo_label, pull, train
 from dam_model.fileio import atomic_write_json, read_json
+from dam_model.versions import KPIS_NAME
 
 log = logging.getLogger("dam_loop.nightly")
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the training subprocess runs `-m dam_loop.steps.train` from here
@@ -137,7 +138,16 @@ def learning_from_edits(args: argparse.Namespace, work_root: Path, snapshot_id: 
     except Exception as exc:  # Label Studio down, a bad answer, ...: train anyway
         log.warning("KPIs not updated: %s: %s", type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"file": str(work_root / nightly_kpis.KPI_FILE), "predictions": record["predictions"], **record["overall"]}
+    published = None
+    if args.models_root:  # beside the pointer, where the backend reads them (GET /kpis, /metrics)
+        try:
+            store = open_store(args.models_root)
+            store.write_kpis(record)
+            published = f"{store}/{KPIS_NAME}" if isinstance(store, S3ModelStore) else str(store.root / KPIS_NAME)
+        except Exception as exc:  # the models root unreachable: the KPIs stay in the work root
+            log.warning("KPIs not published to %s: %s: %s", args.models_root, type(exc).__name__, exc)
+    return {"file": str(work_root / nightly_kpis.KPI_FILE), "published": published, "predictions": record["predictions"],
+            **record["overall"]}
 
 
 def run(args: argparse.Namespace, run_dir: Path, summary: dict[str, Any]) -> int:

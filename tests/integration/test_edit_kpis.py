@@ -84,7 +84,8 @@ def test_an_annotators_edit_shows_up_in_the_next_nights_kpis(stack, tmp_path, tr
     # The next night, as the scheduler runs it. One task in the validation split (the smallest split number).
     work = tmp_path / "work"
     val_fraction = min(split_bucket(t) for t in info.task_ids) + 1e-9
-    env = dict(os.environ, **stack.s3.loop_env(), LOOP_WORK_ROOT=str(work), MODELS_ROOT=str(tmp_path / "models"),
+    # MODELS_ROOT is the backend's own: the night publishes kpis.json there, and the backend serves it.
+    env = dict(os.environ, **stack.s3.loop_env(), LOOP_WORK_ROOT=str(work), MODELS_ROOT=str(stack.run_dir / "models"),
                INIT_MODEL=str(trained_dam_dir), LABEL_STUDIO_URL=stack.ls.url,
                LABEL_STUDIO_API_KEY=stack.credentials.token, MEDIA_CACHE_DIR="", PYTHONUNBUFFERED="1")
     night = subprocess.run(
@@ -107,3 +108,13 @@ def test_an_annotators_edit_shows_up_in_the_next_nights_kpis(stack, tmp_path, tr
     assert summary["steps"]["kpis"]["edited"] == 1 and summary["gate"]["outcome"] == "too_few_regions"
     page = (work / "nightly.html").read_text()
     assert version in page and tonight in page  # the report's KPI tables
+
+    # The backend serves what the night published: GET /kpis and the /metrics gauges, for the version it serves.
+    served = requests.get(stack.backend.url + "/kpis", timeout=30).json()
+    assert served["model_version"] == version and served["served"] == served_kpis, served
+    assert served["by_night"][tonight]["edited"] == 1 and served["error"] is None
+    metrics = requests.get(stack.backend.url + "/metrics", timeout=30).text
+    rate = f'dam_backend_kpi_acceptance_rate{{model_version="{version}"}} '
+    assert any(line.startswith(rate) and float(line.split()[-1]) == pytest.approx(served_kpis["acceptance_rate"])
+               for line in metrics.splitlines()), metrics[-2000:]
+    assert f'dam_backend_kpi_regions{{model_version="{version}",outcome="edited"}} 1' in metrics
