@@ -32,7 +32,7 @@ def backend_settings_vars() -> set[str]:
     """Field names of backend.settings.Settings and backend.batching.BatchingSettings, upper-cased (each is an
     environment variable)."""
     names: set[str] = set()
-    for module, class_name in (("settings.py", "Settings"), ("batching.py", "BatchingSettings")):
+    for module, class_name in (("settings.py", "Settings"), ("batching_types.py", "BatchingSettings")):
         tree = ast.parse((ROOT / "backend" / module).read_text())
         cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
         names |= {n.target.id.upper() for n in cls.body
