@@ -35,8 +35,8 @@ from dam_model.segmentation import AutoMaskSegmenter, VideoSegmenter, sample_fra
 from ls_io import results as R
 from ls_io.errors import KINDS, StatusError
 from ls_io.label_config import ParsedConfig
-from ls_io.regions import TRACK_TYPES, labels_of, rectangle_box, region_type
-from ls_io.tasks import collect_regions
+from ls_io.regions import TRACK_TYPES, labels_of, rectangle_box, region_label, region_type
+from ls_io.tasks import collect_regions, image_regions, region_masks
 from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
 from ls_io.video_io import decode_video
 
@@ -55,11 +55,6 @@ def task_label(task: Any) -> str:
     request: never let one forge a log line)."""
     tid = task.get("id") if isinstance(task, dict) else None
     return str(tid) if isinstance(tid, int) else json.dumps(tid)[:40]
-
-
-def region_label(item: dict[str, Any]) -> str:
-    rid = item.get("id")
-    return rid[:64] if isinstance(rid, str) and rid.isprintable() else json.dumps(rid)[:64]
 
 
 def as_status_error(exc: Exception) -> StatusError:
@@ -121,26 +116,16 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
                deadline: float | None = None) -> dict[str, Any]:
     if cfg.is_video:
         return video_task(backend, task, cfg, loaded, deadline)
-    regions = [r for r in collect_regions(task) if region_type(r) not in TRACK_TYPES
-               and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+    regions = image_regions(task, cfg.obj.name)
     if not regions and backend.settings.no_region_mode == "skip":
         return R.prediction([], [], loaded.version)
     image = backend.image_of(task, cfg)
     height, width = image.shape[:2]
     kept, masks, mask_scores, queries = [], [], [], []
-    if regions:
-        for item in regions:
-            try:
-                mask, mscore = backend.mask_of(item, image)
-            except EmptyMask as exc:
-                skip_region(backend, task, item, exc)
-                continue
-            kept.append(item)
-            masks.append(mask)
-            mask_scores.append(mscore)
-            queries.append(backend.query_for(labels_of(item)))
-        if not masks:
-            raise EmptyMask(f"every region of the task is empty ({len(regions)}): nothing to describe")
+    if regions:  # ls_io.tasks.region_masks: the bulk job reads them the same way
+        kept, masks, mask_scores = region_masks(regions, image, backend.segmenter,
+                                                lambda item, exc: skip_region(backend, task, item, exc))
+        queries = [backend.query_for(labels_of(item)) for item in kept]
     else:  # NO_REGION_MODE=auto: describe everything SAM 2 finds
         seg = backend.segmenter()
         if seg is None:

@@ -18,8 +18,8 @@ from dam_model.prompt import category_query
 from ls_io import results as R
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.errors import BadRequest
-from ls_io.regions import labels_of
-from ls_io.tasks import SegmenterSource, image_regions, region_mask
+from ls_io.regions import labels_of, region_label
+from ls_io.tasks import SegmenterSource, image_regions, region_masks
 
 from .batching import BatchFailure, CrossTaskBatcher, PreparedTask
 from .config import JobConfig
@@ -208,16 +208,19 @@ class Run:
             if not url:
                 raise BadRequest(f"task {task_id} has no data.{self.parsed.obj.value_key}")
             image = self.parts.fetcher.load_image(url, task_id)
-            masks, scores = [], []
-            for item in regions:
-                mask, score = region_mask(item, image, self.parts.segmenter)
-                masks.append(mask)
-                scores.append(score)
-            queries = [self._query(item) for item in regions]
-            return PreparedTask(task_id, image, regions, masks, scores, queries, replace=replace)
+            # The backend's reading: an empty region is skipped, every region empty or a bad one fails the task.
+            kept, masks, scores = region_masks(regions, image, self.parts.segmenter,
+                                               lambda item, exc: self._skip_region(task_id, item, exc))
+            queries = [self._query(item) for item in kept]
+            return PreparedTask(task_id, image, kept, masks, scores, queries, replace=replace)
         except Exception as exc:  # noqa: BLE001 - one bad task is reported, the job goes on
             kind, reason = failure_reason(exc)
             return TaskFailure(task_id, kind, reason)
+
+    @staticmethod
+    def _skip_region(task_id: int, item: dict[str, Any], error: Exception) -> None:
+        log.warning("task %s: region %s skipped (%s): %s", task_id, region_label(item), getattr(error, "kind", ""),
+                    error)
 
     def _query(self, item: dict[str, Any]) -> str | None:
         """The region's label when CATEGORY_HINT is on, as the backend asks (None: the model's own query)."""
