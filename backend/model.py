@@ -169,12 +169,10 @@ class DAMBackend:
 
     def describe_track(self, frames: list[np.ndarray], masks: list[np.ndarray], deadline: float | None,
                        name: str) -> tuple[Any, str]:
-        """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler."""
-        try:
-            done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,
-                                          deadline_s=self._seconds_left(deadline))
-        except ValueError as exc:
-            raise ModelError(f"the model could not describe track {name}: {exc}") from None
+        """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler.
+        A ValueError of the model becomes a ModelError in ls_io.video_tasks.track_prediction."""
+        done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,
+                                      deadline_s=self._seconds_left(deadline))
         if self.metrics is not None:
             self.metrics.regions.inc(1, kind="video")
         return done[0].caption, done[0].model_version

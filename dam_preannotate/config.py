@@ -56,6 +56,7 @@ class JobConfig:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto: cuda:LOCAL_RANK when there is a GPU).")
     dtype: str = _opt("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16.")
     max_new_tokens: int = _opt(256, "Caption length cap in tokens (as the backend's).")
+    video_frames: int = _opt(8, "Frames sampled per video track for describe_video (as the backend's).")
     category_hint: bool = _opt(False, "Pass the region's label to DAM (as the backend's CATEGORY_HINT).")
     segmenter: str = _opt("sam2", "For rectangle and keypoint regions: sam2 | region (alias color) | none; "
                                   "built only when such a region comes.")
@@ -92,7 +93,8 @@ class JobConfig:
             raise ValueError("choose one selection: a view, task ids or a task ids file")
         if self.segmenter not in SEGMENTER_CHOICES:
             raise ValueError(f"SEGMENTER={self.segmenter!r}: expected one of {', '.join(SEGMENTER_CHOICES)}")
-        for name in ("batch_regions", "post_batch", "fetch_workers", "prefetch_tasks", "page_size", "max_new_tokens"):
+        for name in ("batch_regions", "post_batch", "fetch_workers", "prefetch_tasks", "page_size", "max_new_tokens",
+                     "video_frames"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{env_name(name)} must be positive")
         if self.settle_seconds < 0 or self.request_timeout <= 0:

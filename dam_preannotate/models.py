@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from dam_model.modeling import DescribeAnythingModel
-from dam_model.segmentation import build_segmenter
+from dam_model.segmentation import VideoSegmenter, build_segmenter
 from dam_model.versions import POINTER_NAME, VERSION_RE, VERSIONS_DIR, folder_version, is_s3_url, served_model
 from model_source.s3 import S3Models
 
@@ -125,3 +125,20 @@ class LazySegmenter:
     def predict(self, image: Any, **prompts: Any) -> Any:
         with self.lock:
             return self._segmenter.predict(image, **prompts)
+
+    def video(self) -> "LockedVideoSegmenter | None":
+        """The segmenter for video tracks when it follows objects through a clip (SAM 2), else None: the tracks'
+        own boxes are then the masks, as the backend does without a video segmenter."""
+        self()
+        return LockedVideoSegmenter(self) if isinstance(self._segmenter, VideoSegmenter) else None
+
+
+class LockedVideoSegmenter:
+    """A LazySegmenter's track_video, one call at a time (the media threads share one SAM 2)."""
+
+    def __init__(self, lazy: LazySegmenter) -> None:
+        self.lazy = lazy
+
+    def track_video(self, frames: Any, prompts: Any, **kw: Any) -> Any:
+        with self.lazy.lock:
+            return self.lazy._segmenter.track_video(frames, prompts, **kw)

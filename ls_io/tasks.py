@@ -27,6 +27,13 @@ from .rle import decode_rle
 SegmenterSource = Callable[[], Any]
 
 
+def task_label(task: Any) -> str:
+    """The task id for a log line or a reason: an int as is, anything else quoted and cut (ids come from the
+    request: never let one forge a log line)."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return str(tid) if isinstance(tid, int) else json.dumps(tid)[:40]
+
+
 def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
     """Geometry items already present in a task, first occurrence of each id wins:
     annotations, then drafts, then predictions, then task.data["regions"] (region data imported with the task)."""
