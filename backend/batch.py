@@ -24,42 +24,29 @@ model_version):
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from dam_model.segmentation import AutoMaskSegmenter, VideoSegmenter, sample_frames
+from dam_model.frames import sample_frame_indices
+from dam_model.segmentation import AutoMaskSegmenter, VideoSegmenter
 from ls_io import results as R
 from ls_io.errors import KINDS, StatusError
 from ls_io.label_config import ParsedConfig
-from ls_io.regions import TRACK_TYPES, labels_of, rectangle_box, region_type
-from ls_io.tasks import collect_regions
-from ls_io.tracks import box_visible, timeline_length, track_boxes, track_masks
-from ls_io.video_io import decode_video
+from ls_io.regions import labels_of, region_label
+from ls_io.tasks import image_regions, region_masks, task_label
+from ls_io.video_tasks import task_frames, track_masks, track_prediction, video_tracks
 
 from .batching import DeadlineExceeded, SchedulerClosed
-from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, Overloaded, Unprocessable
+from .errors import BackendError, ModelError, ModelUnavailable, Overloaded, Unprocessable
 
 if TYPE_CHECKING:  # type hints only: model.py imports this module
     from .model import DAMBackend
     from .model_store import LoadedModel
 
 log = logging.getLogger(__name__)
-
-
-def task_label(task: Any) -> str:
-    """The task id for a log line or a reason: an int as is, anything else quoted and cut (ids come from the
-    request: never let one forge a log line)."""
-    tid = task.get("id") if isinstance(task, dict) else None
-    return str(tid) if isinstance(tid, int) else json.dumps(tid)[:40]
-
-
-def region_label(item: dict[str, Any]) -> str:
-    rid = item.get("id")
-    return rid[:64] if isinstance(rid, str) and rid.isprintable() else json.dumps(rid)[:64]
 
 
 def as_status_error(exc: Exception) -> StatusError:
@@ -121,26 +108,16 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
                deadline: float | None = None) -> dict[str, Any]:
     if cfg.is_video:
         return video_task(backend, task, cfg, loaded, deadline)
-    regions = [r for r in collect_regions(task) if region_type(r) not in TRACK_TYPES
-               and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+    regions = image_regions(task, cfg.obj.name)
     if not regions and backend.settings.no_region_mode == "skip":
         return R.prediction([], [], loaded.version)
     image = backend.image_of(task, cfg)
     height, width = image.shape[:2]
     kept, masks, mask_scores, queries = [], [], [], []
-    if regions:
-        for item in regions:
-            try:
-                mask, mscore = backend.mask_of(item, image)
-            except EmptyMask as exc:
-                skip_region(backend, task, item, exc)
-                continue
-            kept.append(item)
-            masks.append(mask)
-            mask_scores.append(mscore)
-            queries.append(backend.query_for(labels_of(item)))
-        if not masks:
-            raise EmptyMask(f"every region of the task is empty ({len(regions)}): nothing to describe")
+    if regions:  # ls_io.tasks.region_masks: the bulk job reads them the same way
+        kept, masks, mask_scores = region_masks(regions, image, backend.segmenter,
+                                                lambda item, exc: skip_region(backend, task, item, exc))
+        queries = [backend.query_for(labels_of(item)) for item in kept]
     else:  # NO_REGION_MODE=auto: describe everything SAM 2 finds
         seg = backend.segmenter()
         if seg is None:
@@ -176,68 +153,17 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
     return R.prediction(out, scores, version)
 
 
-def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
-    """`n` indices spread over the frames where the mask is not empty, by dam_model's `sample_frames` rule (the
-    rule DAM's video input uses; frames repeat when fewer than n are usable); [] when every mask is empty."""
-    if not any(np.any(m) for m in masks):
-        return []
-    return [int(i) for i in sample_frames(masks, n)]
-
-
 def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",
                deadline: float | None = None) -> dict[str, Any]:
-    tracks = [r for r in collect_regions(task) if region_type(r) in TRACK_TYPES
-              and r.get("to_name", cfg.obj.name) == cfg.obj.name]
+    """ls_io.video_tasks' reading (the bulk job's too): tracks -> frames -> masks -> 8 frames -> describe_video."""
+    tracks = video_tracks(task, cfg.obj.name)
     if not tracks:
         return R.prediction([], [], loaded.version)
-    data = task.get("data") if isinstance(task.get("data"), dict) else {}
-    url = data.get(cfg.obj.value_key)
-    if not url or not isinstance(url, str):
-        raise BadRequest(f"task {task_label(task)} has no data.{cfg.obj.value_key}")
-    task_id = task.get("id") if isinstance(task.get("id"), int) else None
-    path = backend.fetcher.fetch_path(url, task_id, max_bytes=backend.settings.video_max_bytes, what="video")
-    # Frames on Label Studio's timeline: keyframe numbers count at the config's frame rate, also for VFR files.
-    frames = decode_video(path, max_pixels=backend.settings.media_max_pixels,
-                          frame_rate=cfg.obj.video_frame_rate(data))
-    if not frames:
-        raise Unprocessable("video has no decodable frames", kind="media_undecodable")
-    height, width = frames[0].shape[:2]
+    frames = task_frames(backend.fetcher, task, cfg.obj, backend.settings.video_max_bytes,
+                         backend.settings.media_max_pixels)
     seg = backend.segmenter()
-    per_track: dict[str, list[np.ndarray]] = {}
-    prompts = []
-    for item in tracks:
-        rid = str(item.get("id"))
-        value = item.get("value") if isinstance(item.get("value"), dict) else {}
-        sequence = value.get("sequence")
-        seq = [s for s in sequence if isinstance(s, dict)] if isinstance(sequence, list) else []
-        if not seq:
-            raise Unprocessable(f"video track {region_label(item)} has no sequence", kind="bad_region")
-        covered = timeline_length(value, len(frames))
-        boxes = track_boxes(seq, covered) + [None] * (len(frames) - covered)
-        if not isinstance(seg, VideoSegmenter):
-            per_track[rid] = track_masks(boxes, height, width)
-            continue
-        # SAM 2 follows the object from the first frame where Label Studio shows its box.
-        first = next((i for i, box in enumerate(boxes) if box_visible(box, height, width)), None)
-        if first is not None:
-            prompts.append({"frame_index": first, "obj_id": rid, "box": rectangle_box(boxes[first], width, height)})
-    if prompts:
-        for rid, masks in seg.track_video(frames, prompts).items():
-            per_track[str(rid)] = [np.asarray(m, dtype=bool) for m in masks]
-    out, scores = [], []
-    for item in tracks:
-        rid = str(item.get("id"))
-        masks = per_track.get(rid) or []
-        idx = sample_frame_indices(masks, backend.settings.video_frames)
-        if not idx:  # e.g. every keyframe lies past the end of the video: nothing of the track is shown
-            skip_region(backend, task, item, EmptyMask(f"track {region_label(item)} is empty on every frame"))
-            continue
-        cap, version = backend.describe_track([frames[i] for i in idx], [masks[i] for i in idx], deadline,
-                                              region_label(item))
-        score = R.region_score(cap.confidence)
-        out.append(R.echo_result(item, version))
-        out.append(R.textarea_result(cfg, rid, cap.text, width, height, version, score))
-        scores.append(score)
-    if not out:
-        raise EmptyMask(f"every video track of the task is empty on every frame ({len(tracks)}): nothing to describe")
-    return R.prediction(out, scores, version)
+    per_track = track_masks(tracks, frames, seg if isinstance(seg, VideoSegmenter) else None)
+    return track_prediction(cfg, tracks, frames, per_track,
+                            lambda masks: sample_frame_indices(masks, backend.settings.video_frames),
+                            lambda frames, masks, name: backend.describe_track(frames, masks, deadline, name),
+                            lambda item, exc: skip_region(backend, task, item, exc))

@@ -1,12 +1,13 @@
 """Errors the routes turn into `{"error": "<one-line reason>"}` with a meaningful HTTP status.
 
-Every such error is an `ls_io.errors.StatusError` (app.py's handler catches that base). The format and media
-errors live in ls_io and are re-exported here; this module adds only what is specific to serving.
+Every such error is an `ls_io.errors.StatusError` (app.py's handler catches that base). The format, media and
+region errors (EmptyMask, ModelError included) live in ls_io and are re-exported here; this module adds only what
+is specific to serving.
 """
 from __future__ import annotations
 
-from ls_io.errors import (BadRequest, MediaError, MediaNotFound, MediaRefused, MediaUndecodable, PayloadTooLarge,
-                          StatusError, Unprocessable, UpstreamError, UpstreamTimeout)
+from ls_io.errors import (BadRequest, EmptyMask, MediaError, MediaNotFound, MediaRefused, MediaUndecodable, ModelError,
+                          PayloadTooLarge, StatusError, Unprocessable, UpstreamError, UpstreamTimeout)
 
 __all__ = ["BackendError", "BadRequest", "EmptyMask", "MediaError", "MediaNotFound", "MediaRefused",
            "MediaUndecodable", "ModelError", "ModelUnavailable", "NotFound", "Overloaded", "PayloadTooLarge",
@@ -26,19 +27,6 @@ class NotFound(BackendError):
 
     status = 404
     kind = "bad_request"
-
-
-class EmptyMask(Unprocessable):
-    """A region (or the prompts) covers no pixel: nothing to describe. A normal outcome, not a crash: the model
-    (dam_model.focal) refuses empty masks, so the backend checks before calling it."""
-
-    kind = "empty_mask"
-
-
-class ModelError(Unprocessable):
-    """The model or the segmenter rejected this input (a ValueError on the model path): the region is unusable."""
-
-    kind = "model_error"
 
 
 class ModelUnavailable(BackendError):

@@ -22,6 +22,7 @@ from ls_io import results as R
 from ls_io.label_config import ParsedConfig
 from ls_io.regions import (BRUSH_TYPES, KEYPOINT_TYPES, RECTANGLE_TYPES, keypoint_pixel, labels_of, rasterize,
                            rectangle_box, region_type)
+from ls_io.tasks import region_mask, segment
 
 from .batching import INTERACTIVE
 from .errors import EmptyMask, Unprocessable
@@ -71,7 +72,7 @@ def predict(backend: "DAMBackend", task: dict[str, Any], ctx: list[Any], cfg: Pa
         raise EmptyMask(NO_POSITIVE)  # a negative click only removes: the segmenter would select nothing
     masks, queries, scores_mask, emit = [], [], [], []
     for item in brushes:
-        mask, _ = backend.mask_of(item, image)  # EmptyMask names the region
+        mask, _ = region_mask(item, image, backend.segmenter)  # EmptyMask names the region
         masks.append(mask)
         queries.append(backend.query_for(labels_of(item)))
         scores_mask.append(None)
@@ -116,7 +117,7 @@ def _prompted_mask(backend: "DAMBackend", image: np.ndarray, points: list, point
             raise Unprocessable("smart keypoints need a segmenter (SEGMENTER=sam2 or color)")
         mask, score = rasterize(rect_item, height, width) > 0, None
     else:
-        mask, score = backend.segment(
+        mask, score = segment(
             seg, image,
             points=np.array(points, dtype=np.float32) if points else None,
             labels=np.array(point_labels, dtype=np.int32) if points else None,

@@ -13,8 +13,9 @@ Every caption comes from the batching scheduler (backend/batching.py): regions o
 calls, clicks (kind "interactive") go ahead of batch work, and each prediction carries the version of the model
 that wrote its captions (a promotion can land between two of a request's model calls).
 Region items are read by ls_io (geometry types, labels, percent -> pixels); results are built by ls_io.results.
-This module holds what both paths share: the task image, region masks, segmenter calls and the describe call,
-each of which refuses an empty mask before the model sees it (dam_model.focal raises on one).
+This module holds what both paths share: the task image, the segmenter and the describe call, which refuses an
+empty mask before the model sees it (dam_model.focal raises on one). A region's mask is read by ls_io.tasks
+(`region_mask`, the bulk job's reading too), with `segmenter` as its segmenter source.
 """
 from __future__ import annotations
 
@@ -29,16 +30,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from dam_model.focal import full_view
-from ls_io.errors import RLEError
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.media import MediaFetcher
-from ls_io.regions import (BRUSH_TYPES, KEYPOINT_TYPES, POLYGON_TYPES, RECTANGLE_TYPES, keypoint_pixel, rasterize,
-                           rectangle_box, region_type)
-from ls_io.rle import decode_rle
 
 from . import batch, interactive
 from .batching import BATCH, INTERACTIVE, DeadlineExceeded, Generation, Region, Scheduler, Track
-from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, NotFound, Unprocessable
+from .errors import BackendError, BadRequest, EmptyMask, ModelError, ModelUnavailable, NotFound
 from .jobs import TrainingJobs
 from .model_store import LoadedModel, ModelStore, SegmenterStore
 from .settings import Settings
@@ -179,12 +176,10 @@ class DAMBackend:
 
     def describe_track(self, frames: list[np.ndarray], masks: list[np.ndarray], deadline: float | None,
                        name: str) -> tuple[Any, str]:
-        """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler."""
-        try:
-            done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,
-                                          deadline_s=self._seconds_left(deadline))
-        except ValueError as exc:
-            raise ModelError(f"the model could not describe track {name}: {exc}") from None
+        """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler.
+        A ValueError of the model becomes a ModelError in ls_io.video_tasks.track_prediction."""
+        done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,
+                                      deadline_s=self._seconds_left(deadline))
         if self.metrics is not None:
             self.metrics.regions.inc(1, kind="video")
         return done[0].caption, done[0].model_version
@@ -231,57 +226,6 @@ class DAMBackend:
             raise
         except Exception as exc:  # noqa: BLE001
             raise ModelUnavailable(f"segmenter unavailable: {exc}") from None
-
-    @staticmethod
-    def segment(seg: Any, image: np.ndarray, **prompts: Any) -> tuple[np.ndarray, float]:
-        """(mask HxW bool, score) of one segmenter call; the segmenter's ValueError (a prompt it cannot use) is a 422."""
-        try:
-            pred = seg.predict(image, **prompts)
-        except ValueError as exc:
-            raise ModelError(f"the segmenter could not use the prompts: {exc}") from None
-        mask = np.asarray(pred.mask, dtype=bool)
-        if mask.shape != image.shape[:2]:
-            raise BackendError(f"segmenter returned a {mask.shape} mask for a {image.shape[:2]} image")
-        return mask, float(pred.score)
-
-    def mask_of(self, item: dict[str, Any], image: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """(mask HxW bool, mask score or None) of an existing region item; EmptyMask when it covers no pixel.
-        A rectangle whose segmenter mask is empty falls back to the rectangle itself (the annotator's region)."""
-        height, width = image.shape[:2]
-        kind = region_type(item)
-        value = item.get("value") if isinstance(item.get("value"), dict) else {}
-        rid = batch.region_label(item)
-        if kind in BRUSH_TYPES:
-            ow, oh = item.get("original_width"), item.get("original_height")
-            if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
-                raise Unprocessable(f"brush region {rid} has no RLE list", kind="bad_region")
-            if (ow, oh) != (width, height):
-                raise Unprocessable(f"brush region {rid} is {ow}x{oh} but the image is {width}x{height}",
-                                    kind="bad_region")
-            try:
-                mask, score = decode_rle(value["rle"], height, width) > 0, None
-            except RLEError as exc:
-                raise RLEError(f"brush region {rid}: {exc}") from None
-        elif kind in POLYGON_TYPES:
-            mask, score = rasterize(item, height, width) > 0, None
-        elif kind in RECTANGLE_TYPES:
-            box = rectangle_box(value, width, height)
-            seg = self.segmenter()
-            mask, score = (rasterize(item, height, width) > 0, None) if seg is None else self.segment(seg, image, box=box)
-            if seg is not None and not mask.any():
-                mask, score = rasterize(item, height, width) > 0, None
-        elif kind in KEYPOINT_TYPES:
-            seg = self.segmenter()
-            if seg is None:
-                raise Unprocessable("keypoint regions need a segmenter (SEGMENTER=sam2 or color)")
-            pt = keypoint_pixel(value, width, height)
-            mask, score = self.segment(seg, image, points=np.array([pt], dtype=np.float32),
-                                       labels=np.array([1], dtype=np.int32))
-        else:
-            raise Unprocessable(f"unsupported region type {kind!r}", kind="bad_region")
-        if not mask.any():
-            raise EmptyMask(f"{kind or 'region'} {rid} has no pixels: nothing to describe")
-        return mask, score
 
     # ------------------------------------------------------------------ fit
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ model keeps serving) until the pointer changes again.
 
 MODELS_ROOT may also be ``s3://bucket/prefix`` (dam_loop/models_root.py's S3 target): the poller GETs
 ``<prefix>/current.json`` and a new version is first downloaded, atomically, into MODELS_CACHE_DIR/<version>
-(backend/s3_models.py), then loaded and swapped exactly as a local one. A version already cached (a rollback) is not
+(model_source/s3.py, which the bulk job reads too), then loaded and swapped exactly as a local one. A version already cached (a rollback) is not
 downloaded again. A failed download (bucket unreachable, version missing or incomplete) is logged, the old model keeps
 serving, and the next poll retries. Before the first load, an unreachable bucket makes get() fail (503) rather than
 silently serve DAM_MODEL; an absent current.json (nothing promoted yet) serves DAM_MODEL as with a local root.
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dam_model.segmentation import RegionGrowSegmenter, Sam2Segmenter
-from dam_model.versions import (POINTER_NAME, PROVENANCE_NAME, VERSIONS_DIR, folder_version, parse_pointer,
+from dam_model.versions import (POINTER_NAME, PROVENANCE_NAME, VERSIONS_DIR, folder_version,
                                 read_local_pointer, segmenter_record, version_info)
+from model_source.s3 import ModelSourceError, S3Models
 
 from .errors import ModelUnavailable
-from .s3_models import ModelSourceError, S3Models
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,10 @@ class ModelStore:
         """(signature, spec) of current.json, or None when absent. Raises ValueError when malformed, OSError when a
         local pointer cannot be read, ModelSourceError when an s3:// one cannot."""
         if self.s3 is not None:
-            read = self.s3.read_pointer()
-            if read is None:
+            promoted = self.s3.promoted()  # the job resolves it the same way
+            if promoted is None:
                 return None
-            digest, raw = read
-            version, path = parse_pointer(json.loads(raw), f"{self.s3.url}{POINTER_NAME}")
-            self.s3.remote_prefix(version, path)  # ValueError unless path is versions/<version>
+            digest, version, path = promoted
             spec = ModelSpec(version=version, source=str(self.s3.local_path(version)), remote=path)
             self._last_spec = spec
             return (digest,), spec

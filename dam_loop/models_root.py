@@ -132,7 +132,7 @@ class S3ModelStore:
             rel = path.relative_to(source_dir).as_posix()
             if path.is_file() and not rel.startswith("checkpoint") and rel != PROVENANCE_NAME:
                 self.client.upload_file(str(path), self.bucket, base + rel)
-        # LAST: the backend (backend/s3_models.py) treats a version folder without provenance.json as unfinished
+        # LAST: the readers (model_source/s3.py) treats a version folder without provenance.json as unfinished
         self.client.put_object(Bucket=self.bucket, Key=base + PROVENANCE_NAME, Body=json.dumps(provenance, indent=2).encode())
 
     def version_metrics(self, version: str) -> dict[str, Any]:

@@ -35,4 +35,12 @@ def sample_frames(masks: Sequence[np.ndarray], n: int = 8) -> list[int]:
     return [usable[(k * count) // n] for k in range(n)]
 
 
+def sample_frame_indices(masks: Sequence[np.ndarray], n: int) -> list[int]:
+    """`sample_frames(masks, n)` as ints, or [] when every mask is empty (a track with nothing to describe): how
+    the backend and the bulk job pick a track's frames."""
+    if not any(np.any(m) for m in masks):
+        return []
+    return [int(i) for i in sample_frames(masks, n)]
+
+
 select_video_frames = sample_frames  # the model's name for the same rule (modeling, training)

@@ -11,7 +11,7 @@ Also the one rule for WHICH version a local models root serves and under what na
 the job stores is exactly the one the backend reports (Label Studio skips tasks by that string).
 
 No boto3, no network: it lives in the model package so that the writer and the readers can share it without
-importing each other (an s3:// root is the backend's business: backend/s3_models.py).
+importing each other (an s3:// root is read by model_source/s3.py, for the backend and the job).
 """
 from __future__ import annotations
 

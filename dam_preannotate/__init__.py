@@ -1,8 +1,9 @@
 """Bulk pre-annotation of a Label Studio project with the served DAM model, outside Label Studio's predict timeout.
 
 A job, not a route: backend/ serves; this package selects a project's tasks through Label Studio's API (paginated),
-fetches their media with ls_io's fetcher and SSRF rules, reads their regions with ls_io.tasks (the backend's
-reading), captions regions gathered ACROSS tasks in full model batches, builds each prediction with ls_io.results
+fetches their media with ls_io's fetcher and SSRF rules, reads their regions with ls_io.tasks and their video
+tracks with ls_io.video_tasks (the backend's reading), captions regions gathered ACROSS tasks in full model batches
+(video tracks one describe_video each), builds each prediction with ls_io.results
 and imports them in bulk, journaling every step so that a kill -9 and a restart end with exactly one prediction per
 task per model_version. Data parallel under torchrun / accelerate launch: rank r takes the tasks whose id % world
 == r.

@@ -45,12 +45,18 @@ class JobConfig:
     # --- model (same variables as the backend)
     model: str = _opt("", "A model folder to use instead of MODELS_ROOT's promoted version.",
                       env="PREANNOTATE_MODEL")
-    models_root: str = _opt("", "The backend's models root (current.json + versions/<v>); the promoted version.")
+    models_root: str = _opt("", "The backend's models root (current.json + versions/<v>), a folder or "
+                                "s3://bucket/prefix; the promoted version.")
+    models_cache_dir: str = _opt("", "Where a version of an s3:// MODELS_ROOT is downloaded (<dir>/<version>; as the "
+                                     "backend's; empty: ~/.cache/dam-label-studio/models/<bucket>/<prefix>).")
+    models_s3_endpoint_url: str = _opt("", "S3-compatible endpoint of an s3:// MODELS_ROOT (empty: S3_ENDPOINT_URL, "
+                                           "else AWS); credentials from boto3's chain, as the backend's.")
     dam_model: str = _opt("nvidia/DAM-3B", "Model used when MODELS_ROOT has nothing promoted (folder or hub id).")
     model_name: str = _opt("dam", "Name in model_version when no version is promoted (as the backend's).")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto: cuda:LOCAL_RANK when there is a GPU).")
     dtype: str = _opt("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16.")
     max_new_tokens: int = _opt(256, "Caption length cap in tokens (as the backend's).")
+    video_frames: int = _opt(8, "Frames sampled per video track for describe_video (as the backend's).")
     category_hint: bool = _opt(False, "Pass the region's label to DAM (as the backend's CATEGORY_HINT).")
     segmenter: str = _opt("sam2", "For rectangle and keypoint regions: sam2 | region (alias color) | none; "
                                   "built only when such a region comes.")
@@ -87,7 +93,8 @@ class JobConfig:
             raise ValueError("choose one selection: a view, task ids or a task ids file")
         if self.segmenter not in SEGMENTER_CHOICES:
             raise ValueError(f"SEGMENTER={self.segmenter!r}: expected one of {', '.join(SEGMENTER_CHOICES)}")
-        for name in ("batch_regions", "post_batch", "fetch_workers", "prefetch_tasks", "page_size", "max_new_tokens"):
+        for name in ("batch_regions", "post_batch", "fetch_workers", "prefetch_tasks", "page_size", "max_new_tokens",
+                     "video_frames"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{env_name(name)} must be positive")
         if self.settle_seconds < 0 or self.request_timeout <= 0:
@@ -160,6 +167,8 @@ def config_values_from_env(environ: Mapping[str, str] | None = None) -> dict[str
         var = f.metadata.get("env") or f.name.upper()
         if var in env:
             values[f.name] = _parse(f.type, env[var], var)
+    if not values.get("models_s3_endpoint_url") and env.get("S3_ENDPOINT_URL"):  # the backend's fallback
+        values["models_s3_endpoint_url"] = env["S3_ENDPOINT_URL"]
     return values
 
 

@@ -1,8 +1,13 @@
 """One rank's run: settle what a killed run left open, snapshot the selection's ids of this shard, then
 fetch -> regions -> cross-task batches -> predictions -> bulk import, and settle again at the end.
 
+Video projects: each task's tracks are read as the backend reads them (ls_io.video_tasks: the video on Label
+Studio's timeline, the keyframe rule or a SAM 2 masklet, VIDEO_FRAMES frames by dam_model.frames' rule), each track
+is one describe_video call, and the prediction is built by the same ls_io code as the backend's.
+
 Memory stays bounded whatever the project size: task ids are kept (integers), full tasks are fetched `page_size`
-at a time, and at most `prefetch_tasks` tasks (image + masks) wait for the model.
+at a time, and at most `prefetch_tasks` tasks (image + masks) wait for the model; decoded videos are larger, so a
+video project keeps at most `fetch_workers` of them waiting.
 """
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from dam_model.frames import sample_frame_indices
 from dam_model.prompt import category_query
 from ls_io import results as R
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.errors import BadRequest
-from ls_io.regions import labels_of
-from ls_io.tasks import SegmenterSource, image_regions, region_mask
+from ls_io.regions import labels_of, region_label
+from ls_io.tasks import SegmenterSource, image_regions, region_masks
+from ls_io.video_tasks import task_frames, track_masks, track_prediction, video_tracks
 
 from .batching import BatchFailure, CrossTaskBatcher, PreparedTask
 from .config import JobConfig
@@ -40,12 +47,23 @@ class JobParts:
 
     cfg: JobConfig
     ls: LabelStudioClient
-    model: Any  # describe_batch(items, query=, max_new_tokens=) and config.image_query
+    model: Any  # describe_batch(items, query=, max_new_tokens=), describe_video (video) and config.image_query
     model_version: str
-    fetcher: Any  # load_image(url, task_id) -> HxWx3 uint8 (ls_io.media.MediaFetcher)
-    segmenter: SegmenterSource = lambda: None
+    fetcher: Any  # load_image(url, task_id) -> HxWx3 uint8, fetch_path for videos (ls_io.media.MediaFetcher)
+    segmenter: SegmenterSource = lambda: None  # its video() (models.LazySegmenter) gives SAM 2's video tracking
     shard: Shard = field(default_factory=Shard)
     barrier: Callable[[], None] = lambda: None
+
+
+@dataclass(eq=False)
+class VideoTask:
+    """A video task ready for the model: its tracks, decoded frames and each track's mask per frame."""
+
+    task_id: int
+    tracks: list[dict[str, Any]]
+    frames: list[Any]
+    masks: dict[str, list[Any]]
+    replace: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,9 +103,11 @@ class Run:
         self.summary = Summary()
         self.folder: Path = self.cfg.journal_folder(self.version)
         self.parsed = parse_label_config(self.ls.label_config(self.cfg.project))
-        if self.parsed.is_video:
-            raise ValueError("video projects are captioned by the backend (Retrieve predictions); the job does images")
+        # Decoded videos are large: a video project keeps fewer tasks waiting for the model.
+        self.prefetch = min(self.cfg.prefetch_tasks, self.cfg.fetch_workers) if self.parsed.is_video \
+            else self.cfg.prefetch_tasks
         image_query = getattr(getattr(parts.model, "config", None), "image_query", None)
+        self.video_calls = 0  # describe_video calls (one per track)
         self.batcher = CrossTaskBatcher(self._describe_batch(image_query), self.cfg.batch_regions)
 
     # ------------------------------------------------------------------ the run
@@ -105,7 +125,7 @@ class Run:
             finally:
                 self.progress.close()
                 self.poster.close()
-            self.summary.model_calls = self.batcher.calls
+            self.summary.model_calls = self.batcher.calls + self.video_calls
             self.summary.seconds = time.monotonic() - started
             write_failed_file(self.failed_file, self.summary.failed)
             journal.write("end", summary=summary_record(self.summary))
@@ -172,7 +192,7 @@ class Run:
                     if prepared is None:
                         continue
                     inflight.append(pool.submit(self._prepare, *prepared))
-                    while len(inflight) >= self.cfg.prefetch_tasks:
+                    while len(inflight) >= self.prefetch:
                         self._consume(inflight.popleft().result())
             while inflight:
                 self._consume(inflight.popleft().result())
@@ -191,7 +211,8 @@ class Run:
             self.summary.skipped_predicted += 1
             self.progress.step()
             return None
-        regions = image_regions(task, self.parsed.obj.name)
+        name = self.parsed.obj.name
+        regions = video_tracks(task, name) if self.parsed.is_video else image_regions(task, name)
         if not regions:
             self.summary.no_regions += 1
             self.progress.step()
@@ -199,25 +220,62 @@ class Run:
         return task, regions, held
 
     def _prepare(self, task: dict[str, Any], regions: list[dict[str, Any]],
-                 replace: list[int]) -> PreparedTask | TaskFailure:
+                 replace: list[int]) -> PreparedTask | VideoTask | TaskFailure:
         """Media and masks of one task (a media thread: downloads overlap the model)."""
         task_id = int(task["id"])
         try:
+            if self.parsed.is_video:
+                return self._prepare_video(task, regions, replace)
             data = task.get("data") if isinstance(task.get("data"), dict) else {}
             url = data.get(self.parsed.obj.value_key)
             if not url:
                 raise BadRequest(f"task {task_id} has no data.{self.parsed.obj.value_key}")
             image = self.parts.fetcher.load_image(url, task_id)
-            masks, scores = [], []
-            for item in regions:
-                mask, score = region_mask(item, image, self.parts.segmenter)
-                masks.append(mask)
-                scores.append(score)
-            queries = [self._query(item) for item in regions]
-            return PreparedTask(task_id, image, regions, masks, scores, queries, replace=replace)
+            # The backend's reading: an empty region is skipped, every region empty or a bad one fails the task.
+            kept, masks, scores = region_masks(regions, image, self.parts.segmenter,
+                                               lambda item, exc: self._skip_region(task_id, item, exc))
+            queries = [self._query(item) for item in kept]
+            return PreparedTask(task_id, image, kept, masks, scores, queries, replace=replace)
         except Exception as exc:  # noqa: BLE001 - one bad task is reported, the job goes on
             kind, reason = failure_reason(exc)
             return TaskFailure(task_id, kind, reason)
+
+    def _prepare_video(self, task: dict[str, Any], tracks: list[dict[str, Any]], replace: list[int]) -> VideoTask:
+        """The backend's reading of a video task (backend/batch.py calls the same ls_io.video_tasks functions)."""
+        fetcher = self.parts.fetcher
+        frames = task_frames(fetcher, task, self.parsed.obj, fetcher.settings.video_max_bytes,
+                             fetcher.settings.media_max_pixels)
+        seg = self.parts.segmenter()
+        video = getattr(seg, "video", None)
+        masks = track_masks(tracks, frames, video() if callable(video) else None)
+        return VideoTask(int(task["id"]), tracks, frames, masks, replace)
+
+    def _caption_video(self, task: VideoTask) -> None:
+        """One describe_video per track (tracks are not batched across tasks), then the prediction, as /predict."""
+        model, max_new_tokens, version = self.parts.model, self.cfg.max_new_tokens, self.version
+
+        def describe(frames, masks, name):
+            return model.describe_video(frames, masks, query=None, max_new_tokens=max_new_tokens), version
+
+        try:
+            prediction = track_prediction(
+                self.parsed, task.tracks, task.frames, task.masks,
+                lambda masks: sample_frame_indices(masks, self.cfg.video_frames), describe,
+                lambda item, exc: self._skip_region(task.task_id, item, exc))
+        except Exception as exc:  # noqa: BLE001 - one bad task is reported, the job goes on
+            kind, reason = failure_reason(exc)
+            self._fail(TaskFailure(task.task_id, kind, reason))
+            return
+        captioned = sum(1 for item in prediction["result"] if item.get("type") == "textarea")
+        self.video_calls += captioned
+        self.summary.regions += captioned
+        self.poster.add(task.task_id, prediction, task.replace)
+        self.progress.step()
+
+    @staticmethod
+    def _skip_region(task_id: int, item: dict[str, Any], error: Exception) -> None:
+        log.warning("task %s: region %s skipped (%s): %s", task_id, region_label(item), getattr(error, "kind", ""),
+                    error)
 
     def _query(self, item: dict[str, Any]) -> str | None:
         """The region's label when CATEGORY_HINT is on, as the backend asks (None: the model's own query)."""
@@ -233,9 +291,12 @@ class Run:
 
         return describe
 
-    def _consume(self, prepared: PreparedTask | TaskFailure) -> None:
+    def _consume(self, prepared: PreparedTask | VideoTask | TaskFailure) -> None:
         if isinstance(prepared, TaskFailure):
             self._fail(prepared)
+            return
+        if isinstance(prepared, VideoTask):
+            self._caption_video(prepared)
             return
         for outcome in self.batcher.add(prepared):
             self._finish(outcome)

@@ -5,8 +5,9 @@ Studio's skip logic treats the job's predictions and the backend's alike.
   versions/<v> folder (what a backend serving it as the promoted version reports), else MODEL_NAME-<hash>
   (what a backend with DAM_MODEL=DIR reports);
 - else MODELS_ROOT's current.json (the promoted version), else DAM_MODEL, as the backend. A malformed pointer
-  falls back to DAM_MODEL with a warning, as the backend does. An s3:// MODELS_ROOT is read by the backend only:
-  pass --model with a local copy of the version (the backend's MODELS_CACHE_DIR/<v> holds one).
+  falls back to DAM_MODEL with a warning, as the backend does. An s3:// MODELS_ROOT is read with the backend's own
+  reader (model_source.s3.S3Models): the promoted version is downloaded (atomically, once) into MODELS_CACHE_DIR/<v>
+  and named <v>; an unreachable bucket stops the job (the backend answers 503 then).
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from typing import Any, Callable
 import torch
 
 from dam_model.modeling import DescribeAnythingModel
-from dam_model.segmentation import build_segmenter
-from dam_model.versions import VERSION_RE, VERSIONS_DIR, folder_version, is_s3_url, served_model
+from dam_model.segmentation import VideoSegmenter, build_segmenter
+from dam_model.versions import POINTER_NAME, VERSION_RE, VERSIONS_DIR, folder_version, is_s3_url, served_model
+from model_source.s3 import S3Models
 
 from .config import JobConfig
 
@@ -41,8 +43,7 @@ def choose_model(cfg: JobConfig) -> ModelChoice:
             return ModelChoice(folder.name, str(folder), "--model (a promoted version folder)")
         return ModelChoice(folder_version(cfg.model_name, cfg.model), cfg.model, "--model")
     if is_s3_url(cfg.models_root):
-        raise ValueError("MODELS_ROOT is s3://: the job reads a local models root; pass --model with a local copy "
-                         "of the version (the backend keeps one in MODELS_CACHE_DIR/<version>)")
+        return choose_s3_model(cfg)
     try:
         version, source = served_model(cfg.models_root, cfg.dam_model, cfg.model_name)
     except (OSError, ValueError) as exc:
@@ -50,6 +51,23 @@ def choose_model(cfg: JobConfig) -> ModelChoice:
         return ModelChoice(folder_version(cfg.model_name, cfg.dam_model), cfg.dam_model, "DAM_MODEL")
     origin = "DAM_MODEL" if source == cfg.dam_model else "MODELS_ROOT/current.json"
     return ModelChoice(version, source, origin)
+
+
+def choose_s3_model(cfg: JobConfig, client: Any = None) -> ModelChoice:
+    """The promoted version of an s3:// MODELS_ROOT, downloaded into the cache (the backend's reader and cache
+    layout); DAM_MODEL when nothing is promoted or the pointer is malformed, as the backend. ModelSourceError when
+    the bucket cannot be read or the version is missing or incomplete."""
+    source = S3Models(cfg.models_root, cfg.models_cache_dir or None, cfg.models_s3_endpoint_url or None, client=client)
+    try:
+        promoted = source.promoted()
+    except ValueError as exc:
+        log.warning("promoted-model pointer unreadable (%s); using DAM_MODEL as the backend does", exc)
+        promoted = None
+    if promoted is None:
+        return ModelChoice(folder_version(cfg.model_name, cfg.dam_model), cfg.dam_model, "DAM_MODEL")
+    _, version, path = promoted
+    folder = source.ensure_local(version, path)
+    return ModelChoice(version, str(folder), f"{source.url}{POINTER_NAME}")
 
 
 def resolve_device(device: str, local_rank: int) -> str:
@@ -107,3 +125,20 @@ class LazySegmenter:
     def predict(self, image: Any, **prompts: Any) -> Any:
         with self.lock:
             return self._segmenter.predict(image, **prompts)
+
+    def video(self) -> "LockedVideoSegmenter | None":
+        """The segmenter for video tracks when it follows objects through a clip (SAM 2), else None: the tracks'
+        own boxes are then the masks, as the backend does without a video segmenter."""
+        self()
+        return LockedVideoSegmenter(self) if isinstance(self._segmenter, VideoSegmenter) else None
+
+
+class LockedVideoSegmenter:
+    """A LazySegmenter's track_video, one call at a time (the media threads share one SAM 2)."""
+
+    def __init__(self, lazy: LazySegmenter) -> None:
+        self.lazy = lazy
+
+    def track_video(self, frames: Any, prompts: Any, **kw: Any) -> Any:
+        with self.lazy.lock:
+            return self.lazy._segmenter.track_video(frames, prompts, **kw)

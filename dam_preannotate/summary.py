@@ -15,10 +15,12 @@ from ls_io.errors import StatusError
 
 
 def failure_reason(exc: BaseException) -> tuple[str, str]:
-    """(kind, one-line reason): the kind groups failures in the summary (e.g. "UpstreamError 502")."""
+    """(kind, one-line reason): the kind groups failures in the summary. For a StatusError it is its ls_io.errors
+    kind and status (e.g. "media_unreachable 502", "bad_region 422"): the reason the backend's reply ("failed") and
+    its metrics give for the same task."""
     text = " ".join(str(exc).split())[:300]
     if isinstance(exc, StatusError):
-        return f"{type(exc).__name__} {exc.status}", text
+        return f"{exc.kind} {exc.status}", text
     return type(exc).__name__, f"{type(exc).__name__}: {text}"
 
 

@@ -56,6 +56,19 @@ class RLEError(Unprocessable):
     kind = "bad_region"
 
 
+class EmptyMask(Unprocessable):
+    """A region (or the prompts) covers no pixel: nothing to describe. A normal outcome, not a crash: the model
+    (dam_model.focal) refuses empty masks, so the mask is checked before the model sees it."""
+
+    kind = "empty_mask"
+
+
+class ModelError(Unprocessable):
+    """The model or the segmenter rejected this input (a ValueError on the model path): the region is unusable."""
+
+    kind = "model_error"
+
+
 class LabelConfigError(Unprocessable):
     """The label config is not XML, or lacks a tag the backend needs (the message names it)."""
 

@@ -18,6 +18,7 @@ Region types (GEOMETRY_TYPES, one set for the server and the loop):
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable
 
@@ -43,6 +44,13 @@ _LABEL_KEYS = ("brushlabels", "rectanglelabels", "keypointlabels", "polygonlabel
 def region_type(item: dict[str, Any]) -> str:
     """The item's `type`, lower-cased ("" when absent)."""
     return str(item.get("type", "")).lower()
+
+
+def region_label(item: dict[str, Any]) -> str:
+    """A region's id for a log line or a reason: printable and cut (ids come from the request: never let one
+    forge a log line)."""
+    rid = item.get("id")
+    return rid[:64] if isinstance(rid, str) and rid.isprintable() else json.dumps(rid)[:64]
 
 
 def labels_of(item: dict[str, Any]) -> list[str]:

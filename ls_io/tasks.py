@@ -4,7 +4,8 @@ and the bulk pre-annotation job (dam_preannotate), so both caption exactly the s
 - `collect_regions`: geometry items already present in a task (annotations, drafts, predictions, data.regions);
 - `image_regions`: those of them that belong to one image object (no video tracks);
 - `region_mask`: an item's mask on its image, with a segmenter for the kinds that need one (rectangles are
-  refined by it when there is one; keypoints need one).
+  refined by it when there is one; keypoints need one), with the failure kinds of ls_io.errors; `region_masks`:
+  a task's regions, empty ones skipped; `segment`: one segmenter call.
 
 The segmenter is passed as a zero-argument callable so that the caller decides when (and whether) to load it:
 only rectangles and keypoints call it. It returns None when there is no segmenter, else an object with
@@ -18,12 +19,19 @@ from typing import Any, Callable
 import numpy as np
 
 from . import results
-from .errors import RLEError, Unprocessable
+from .errors import EmptyMask, ModelError, RLEError, StatusError, Unprocessable
 from .regions import (BRUSH_TYPES, GEOMETRY_TYPES, KEYPOINT_TYPES, POLYGON_TYPES, RECTANGLE_TYPES, TRACK_TYPES,
-                      keypoint_pixel, rasterize, rectangle_box, region_type)
+                      keypoint_pixel, rasterize, rectangle_box, region_label, region_type)
 from .rle import decode_rle
 
 SegmenterSource = Callable[[], Any]
+
+
+def task_label(task: Any) -> str:
+    """The task id for a log line or a reason: an int as is, anything else quoted and cut (ids come from the
+    request: never let one forge a log line)."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return str(tid) if isinstance(tid, int) else json.dumps(tid)[:40]
 
 
 def collect_regions(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,37 +67,81 @@ def image_regions(task: dict[str, Any], to_name: str) -> list[dict[str, Any]]:
             if region_type(item) not in TRACK_TYPES and item.get("to_name", to_name) == to_name]
 
 
+def segment(seg: Any, image: np.ndarray, **prompts: Any) -> tuple[np.ndarray, float]:
+    """(mask HxW bool, score) of one segmenter call; the segmenter's ValueError (a prompt it cannot use) is a
+    ModelError (422), a mask of the wrong size a 500."""
+    try:
+        pred = seg.predict(image, **prompts)
+    except ValueError as exc:
+        raise ModelError(f"the segmenter could not use the prompts: {exc}") from None
+    mask = np.asarray(pred.mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise StatusError(f"segmenter returned a {mask.shape} mask for a {image.shape[:2]} image")
+    return mask, float(pred.score)
+
+
 def region_mask(item: dict[str, Any], image: np.ndarray,
                 segmenter: SegmenterSource) -> tuple[np.ndarray, float | None]:
-    """(mask HxW bool, mask score or None) of a region item on `image`. Unprocessable when the item cannot be
-    turned into a mask (bad RLE, size mismatch, a keypoint without a segmenter, an unknown type)."""
+    """(mask HxW bool, mask score or None) of an existing region item on `image`: the one reading of a region's
+    mask (the backend's /predict, interactive brushes and the bulk job call it).
+
+    Raises, each with its ls_io.errors kind: Unprocessable "bad_region" (a brush without an RLE list or of another
+    size than the image, an unsupported type), RLEError "bad_region" (malformed RLE), Unprocessable (a keypoint
+    without a segmenter), ModelError (the segmenter refuses the prompt), EmptyMask (the mask covers no pixel).
+    A rectangle whose segmenter mask is empty falls back to the rectangle itself (the annotator's region)."""
     height, width = image.shape[:2]
     kind = region_type(item)
-    value = item.get("value") or {}
+    value = item.get("value") if isinstance(item.get("value"), dict) else {}
+    rid = region_label(item)
     if kind in BRUSH_TYPES:
         ow, oh = item.get("original_width"), item.get("original_height")
         if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
-            raise Unprocessable(f"brush region {item.get('id')} has no RLE list")
+            raise Unprocessable(f"brush region {rid} has no RLE list", kind="bad_region")
         if (ow, oh) != (width, height):
-            raise Unprocessable(f"brush region {item.get('id')} is {ow}x{oh} but the image is {width}x{height}")
+            raise Unprocessable(f"brush region {rid} is {ow}x{oh} but the image is {width}x{height}",
+                                kind="bad_region")
         try:
-            return decode_rle(value["rle"], height, width) > 0, None
+            mask, score = decode_rle(value["rle"], height, width) > 0, None
         except RLEError as exc:
-            raise Unprocessable(f"brush region {item.get('id')}: {exc}") from None
-    if kind in POLYGON_TYPES:
-        return rasterize(item, height, width) > 0, None
-    if kind in RECTANGLE_TYPES:
+            raise RLEError(f"brush region {rid}: {exc}") from None
+    elif kind in POLYGON_TYPES:
+        mask, score = rasterize(item, height, width) > 0, None
+    elif kind in RECTANGLE_TYPES:
         box = rectangle_box(value, width, height)
         seg = segmenter()
-        if seg is None:
-            return rasterize(item, height, width) > 0, None
-        pred = seg.predict(image, box=box)
-        return np.asarray(pred.mask, dtype=bool), float(pred.score)
-    if kind in KEYPOINT_TYPES:
+        mask, score = (rasterize(item, height, width) > 0, None) if seg is None else segment(seg, image, box=box)
+        if seg is not None and not mask.any():
+            mask, score = rasterize(item, height, width) > 0, None
+    elif kind in KEYPOINT_TYPES:
         seg = segmenter()
         if seg is None:
             raise Unprocessable("keypoint regions need a segmenter (SEGMENTER=sam2 or color)")
         point = keypoint_pixel(value, width, height)
-        pred = seg.predict(image, points=np.array([point], dtype=np.float32), labels=np.array([1], dtype=np.int32))
-        return np.asarray(pred.mask, dtype=bool), float(pred.score)
-    raise Unprocessable(f"unsupported region type {kind!r}")
+        mask, score = segment(seg, image, points=np.array([point], dtype=np.float32),
+                              labels=np.array([1], dtype=np.int32))
+    else:
+        raise Unprocessable(f"unsupported region type {kind!r}", kind="bad_region")
+    if not mask.any():
+        raise EmptyMask(f"{kind or 'region'} {rid} has no pixels: nothing to describe")
+    return mask, score
+
+
+def region_masks(items: list[dict[str, Any]], image: np.ndarray, segmenter: SegmenterSource,
+                 skip: Callable[[dict[str, Any], EmptyMask], None]) -> tuple[list[dict[str, Any]], list[np.ndarray],
+                                                                            list[float | None]]:
+    """(kept items, their masks, their mask scores) of a task's regions: a region with no pixels is passed to
+    `skip` (log it, count it) and left out; EmptyMask when every region is empty. Other errors propagate: one bad
+    region fails the task (the backend's batch rule, the job's too)."""
+    kept, masks, scores = [], [], []
+    for item in items:
+        try:
+            mask, score = region_mask(item, image, segmenter)
+        except EmptyMask as exc:
+            skip(item, exc)
+            continue
+        kept.append(item)
+        masks.append(mask)
+        scores.append(score)
+    if items and not masks:
+        raise EmptyMask(f"every region of the task is empty ({len(items)}): nothing to describe")
+    return kept, masks, scores

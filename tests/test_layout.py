@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN_IN_MODEL = {"flask", "boto3", "botocore", "label_studio_sdk", "gunicorn", "backend", "scripts", "requests",
-                      "dam_loop", "dam_tools"}
+                      "dam_loop", "dam_tools", "dam_preannotate", "model_source"}
 STEPS = ("pull", "build", "pseudo_label", "train", "evaluate", "promote", "nightly")
 MAX_LINES = 500
 MAX_ENTRY_POINT_LINES = 15
@@ -82,9 +82,19 @@ def imported_top_names(folder: str) -> dict[str, set[str]]:
 
 def test_label_studio_format_package_stays_neutral():
     """ls_io (the Label Studio format, once) is imported by the server and the loop, and imports neither."""
-    forbidden = {"backend", "dam_loop", "dam_tools", "scripts", "dam_model", "flask", "gunicorn", "werkzeug"}
+    forbidden = {"backend", "dam_loop", "dam_tools", "scripts", "dam_model", "flask", "gunicorn", "werkzeug",
+                 "dam_preannotate", "model_source"}
     offenders = {f: sorted(n & forbidden) for f, n in imported_top_names("ls_io").items() if n & forbidden}
     assert not offenders, offenders
+
+
+def test_model_source_sits_between_the_model_and_its_readers():
+    """model_source (an s3:// models root) is imported by the server and the bulk job, and imports only dam_model
+    and ls_io of this repository: neither reader, nor the loop, the tools or a web framework."""
+    forbidden = {"backend", "dam_loop", "dam_tools", "dam_preannotate", "scripts", "flask", "gunicorn", "werkzeug"}
+    offenders = {f: sorted(n & forbidden) for f, n in imported_top_names("model_source").items() if n & forbidden}
+    assert not offenders, offenders
+    assert imported_top_names("model_source"), "model_source has modules"
 
 
 def test_server_never_imports_the_loop_or_the_tools():

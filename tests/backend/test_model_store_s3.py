@@ -250,7 +250,7 @@ def test_unreachable_bucket_keeps_serving_and_never_leaks_the_secret(make_settin
 
 
 def test_settings_endpoint_fallback_and_default_cache(monkeypatch, tmp_path):
-    from backend.s3_models import S3Models
+    from model_source.s3 import S3Models
 
     env = {"MODELS_ROOT": "s3://bucket/some/prefix/", "S3_ENDPOINT_URL": "http://minio:9000"}
     settings = Settings.from_env(env)

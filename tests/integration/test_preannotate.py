@@ -102,4 +102,4 @@ def test_a_killed_job_restarts_to_exactly_one_prediction_per_task(stack, trained
 
     failed = [json.loads(line) for line in (folder / "failed-rank0.jsonl").read_text().splitlines()]
     assert [row["task"] for row in failed] == [broken_id] and "404" in failed[0]["reason"]
-    assert "failed 1: MediaNotFound 422 x1" in second.stdout and f"task {broken_id}:" in second.stdout
+    assert "failed 1: media_not_found 422 x1" in second.stdout and f"task {broken_id}:" in second.stdout

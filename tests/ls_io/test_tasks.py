@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ls_io.errors import Unprocessable
+from ls_io.errors import EmptyMask, RLEError, Unprocessable
 from ls_io.rle import encode_rle
-from ls_io.tasks import collect_regions, image_regions, region_mask
+from ls_io.tasks import collect_regions, image_regions, region_mask, region_masks
 
 
 def brush(region_id: str, mask: np.ndarray, to_name: str = "image") -> dict:
@@ -42,3 +42,23 @@ def test_masks_that_cannot_be_made_are_unprocessable():
     rectangle = {"id": "r", "type": "rectanglelabels", "value": {"x": 0, "y": 0, "width": 50, "height": 50}}
     mask, score = region_mask(rectangle, image, lambda: None)  # no segmenter: the box itself
     assert score is None and mask[:2, :3].all() and not mask[3:, :].any()
+
+
+def test_mask_failures_carry_the_kinds_the_server_and_the_job_report():
+    image = np.zeros((4, 6, 3), np.uint8)
+    bad = brush("a", np.ones((4, 6), bool))
+    bad["value"]["rle"] = [1, 2, 3]
+    with pytest.raises(RLEError) as caught:
+        region_mask(bad, image, lambda: None)
+    assert caught.value.kind == "bad_region" and "brush region a" in str(caught.value)
+    with pytest.raises(Unprocessable) as caught:
+        region_mask(brush("b", np.ones((5, 6), bool)), image, lambda: None)
+    assert caught.value.kind == "bad_region"
+    with pytest.raises(EmptyMask):
+        region_mask(brush("c", np.zeros((4, 6), bool)), image, lambda: None)
+    skipped = []
+    kept, masks, _ = region_masks([brush("c", np.zeros((4, 6), bool)), brush("d", np.ones((4, 6), bool))], image,
+                                  lambda: None, lambda item, exc: skipped.append(item["id"]))
+    assert [item["id"] for item in kept] == ["d"] and skipped == ["c"] and masks[0].all()
+    with pytest.raises(EmptyMask, match="every region"):
+        region_masks([brush("c", np.zeros((4, 6), bool))], image, lambda: None, lambda item, exc: None)

@@ -52,14 +52,14 @@ def test_failed_tasks_get_no_prediction_and_are_listed_for_a_rerun(run, tmp_path
     assert sorted(ls.of_version()) == [1, 2, 4, 5, 7]
     assert summary.done == 5 and summary.no_regions == 1
     assert {task: kind for task, (kind, _) in summary.failed.items()} == {
-        3: "UpstreamError 502", 6: "Label Studio refused the prediction"}
+        3: "media_unreachable 502", 6: "Label Studio refused the prediction"}
     assert "HTTP 404" in summary.failed[3][1]
     failed_file = tmp_path / "journal" / "project-1" / VERSION / "failed-rank0.jsonl"
     rows = [json.loads(line) for line in failed_file.read_text().splitlines()]
     assert [row["task"] for row in rows] == [3, 6] and "HTTP 404" in rows[0]["reason"]
     assert read_task_ids_file(failed_file) == {3, 6}
     report = summary.report(VERSION)
-    assert "failed 2" in report and "UpstreamError 502 x1" in report and "task 3: media download" in report
+    assert "failed 2" in report and "media_unreachable 502 x1" in report and "task 3: media download" in report
     assert {r["task"] for r in journal_records() if r["event"] == "failed"} == {3, 6}
 
     # The rerun of the failed file, once the image is back and the prediction acceptable, finishes them.

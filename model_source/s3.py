@@ -1,4 +1,5 @@
-"""Promoted models under ``s3://bucket/prefix`` (MODELS_ROOT), mirrored into a local cache for loading.
+"""Promoted models under ``s3://bucket/prefix`` (MODELS_ROOT), mirrored into a local cache for loading: what the
+backend's model store and the bulk pre-annotation job both read (so both serve the same version under the same name).
 
 dam_loop/models_root.py uploads ``versions/<v>/`` first and PUTs ``current.json`` last (dam_model/versions.py). The
 model store reads the pointer with one GET per poll; a version it has not got yet is downloaded ATOMICALLY:
@@ -16,6 +17,7 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ... and are never logged); the temp fo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -24,7 +26,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dam_model.versions import POINTER_NAME, REQUIRED_FILES, VERSION_RE, parse_s3_url, version_path
+from dam_model.versions import POINTER_NAME, REQUIRED_FILES, VERSION_RE, parse_pointer, parse_s3_url, version_path
 from ls_io.s3 import describe_error, make_s3_client
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,19 @@ class S3Models:
                 return None
             raise ModelSourceError(f"cannot read s3://{self.bucket}/{key}: {describe_error(exc)}") from None
         return hashlib.sha256(body).hexdigest(), body
+
+    def promoted(self) -> tuple[str, str, str] | None:
+        """(signature, version, path) of the promoted version named by current.json, or None when nothing is
+        promoted yet. ValueError when the pointer is malformed (or its path is not versions/<version>),
+        ModelSourceError when it cannot be read."""
+        read = self.read_pointer()
+        if read is None:
+            return None
+        digest, raw = read
+        version, path = parse_pointer(json.loads(raw), f"{self.url}{POINTER_NAME}")
+        self.remote_prefix(version, path)  # ValueError unless path is versions/<version>
+        self.local_path(version)  # ValueError unless the name is a valid version name
+        return digest, version, path
 
     # ---------- versions ----------
     def local_path(self, version: str) -> Path:
