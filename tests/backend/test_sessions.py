@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from backend import sessions
 from backend.batching import BATCH, BatchingSettings, Generation, Region, Scheduler
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_dataset, iter_region_samples
@@ -22,6 +23,7 @@ class Counting:
 
     def __init__(self, model) -> None:
         self.model, self.steps, self.admitted, self.rows_per_step = model, 0, [], []
+        self.rows_at_admit: list[int] = []
 
     def caption_session(self, max_new_tokens: int):
         session = self.model.caption_session(max_new_tokens)
@@ -33,6 +35,7 @@ class Counting:
 
             def admit(self, regions, handles):
                 counter.admitted.append(len(regions))
+                counter.rows_at_admit.append(session.rows)
                 return session.admit(regions, handles)
 
             def step(self):
@@ -48,6 +51,13 @@ class Counting:
 
 def served(model, version: str) -> SimpleNamespace:
     return SimpleNamespace(model=model, version=version, lock=threading.Lock())
+
+
+def serving(model, version: str = "v1"):
+    """get_model for a scheduler that serves one model: the same object each call (a new one would read as a
+    promotion, and the session would drain instead of admitting)."""
+    one = served(model, version)
+    return lambda: one
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +109,7 @@ def caption_in_threads(scheduler, works: list, **submit) -> list:
 
 def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_scheduler, tiny_dam, regions, alone):
     model = Counting(tiny_dam)
-    scheduler = make_scheduler(lambda: served(model, "v1"), batch_max_wait_ms=20)
+    scheduler = make_scheduler(serving(model), batch_max_wait_ms=20)
     got = caption_in_threads(scheduler, [Region(*r) for r in regions[:8]])
     assert [c.caption.token_ids for c in got] == [c.token_ids for c in alone[:8]]
     assert [c.caption.text for c in got] == [c.text for c in alone[:8]]
@@ -109,7 +119,7 @@ def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_
 
 def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny_dam, regions, alone):
     model = Counting(tiny_dam)
-    scheduler = make_scheduler(lambda: served(model, "v1"), bulk_batch_max_size=4, batch_max_wait_ms=0)
+    scheduler = make_scheduler(serving(model), bulk_batch_max_size=4, batch_max_wait_ms=0)
     bulk = scheduler.submit([Region(*r) for r in regions[:12]], kind=BATCH, generation=GEN)
     while not model.steps:
         time.sleep(0.002)
@@ -117,6 +127,28 @@ def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny
     assert click[0].caption.token_ids == alone[12].token_ids and not bulk.done()
     assert [c.caption.token_ids for c in bulk.result(300)] == [c.token_ids for c in alone[:12]]
     assert max(model.rows_per_step) <= 4 + 8  # BULK_BATCH_MAX_SIZE bulk rows beside BATCH_MAX_SIZE click rows
+    assert model.admitted[:2] == [4, 1] and max(model.rows_per_step) == 5  # the click joined the running decode
+
+
+@pytest.mark.parametrize("recent_s", [60.0, 0.0])
+def test_bulk_stays_narrow_while_annotators_click(make_scheduler, tiny_dam, regions, alone, monkeypatch, recent_s):
+    """After a click, bulk work is not refilled past BULK_BESIDE_CLICKS rows for CLICKS_RECENT_S: the next click of
+    the same annotator must not decode beside a full bulk batch. With a window of 0 the bulk refills at once (the
+    check below can fail)."""
+    monkeypatch.setattr(sessions, "CLICKS_RECENT_S", recent_s)
+    model = Counting(tiny_dam)
+    scheduler = make_scheduler(serving(model), bulk_batch_max_size=8, batch_max_wait_ms=0)
+    bulk = scheduler.submit([Region(*r) for r in regions[:16]], kind=BATCH, generation=GEN)
+    while not model.steps:
+        time.sleep(0.002)
+    click = scheduler.caption([Region(*regions[0])], generation=GEN)
+    assert click[0].caption.token_ids == alone[0].token_ids
+    assert [c.caption.token_ids for c in bulk.result(300)] == [c.token_ids for c in alone[:16]]
+    assert model.admitted[1] == 1, model.admitted  # the click joined the bulk's session
+    # rows in flight after each later admission (the click's own row included while it decodes)
+    widths = [before + n for before, n in zip(model.rows_at_admit[2:], model.admitted[2:])]
+    narrow = all(width <= sessions.BULK_BESIDE_CLICKS + 1 for width in widths)
+    assert narrow == (recent_s > 0), (widths, model.admitted)
 
 
 def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_dam, regions, alone):
@@ -134,7 +166,7 @@ def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_
 
 
 def test_an_unusable_region_fails_only_its_own_request(make_scheduler, tiny_dam, regions, alone):
-    scheduler = make_scheduler(lambda: served(tiny_dam, "v1"), batch_max_wait_ms=50)
+    scheduler = make_scheduler(serving(tiny_dam), batch_max_wait_ms=50)
     image, mask = regions[0]
     works = [Region(image, mask), Region(image, np.zeros((3, 3), bool)), Region(*regions[2])]
     got = caption_in_threads(scheduler, works)
@@ -144,7 +176,7 @@ def test_an_unusable_region_fails_only_its_own_request(make_scheduler, tiny_dam,
 
 def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions, alone):
     model = Counting(tiny_dam)
-    scheduler = make_scheduler(lambda: served(model, "v1"), batch_max_wait_ms=0)
+    scheduler = make_scheduler(serving(model), batch_max_wait_ms=0)
     ticket = scheduler.submit([Region(*regions[3])], generation=GEN)
     while not model.steps:
         time.sleep(0.001)
@@ -156,7 +188,7 @@ def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions
 
 
 def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_scheduler, tiny_dam, regions, alone):
-    scheduler = make_scheduler(lambda: served(tiny_dam, "v1"), batch_max_wait_ms=0)
+    scheduler = make_scheduler(serving(tiny_dam), batch_max_wait_ms=0)
     image, mask = regions[5]
     batch = tiny_dam.prepare_regions(image, [mask])
     ready = Region(image, mask, None, (batch.pixel_values[0], batch.is_focal[0]))
