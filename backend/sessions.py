@@ -7,10 +7,9 @@ The batch the scheduler formed opens a session. After every decode step the sess
   longest caption of its batch does);
 - drops the rows whose request was cancelled or ran past its deadline;
 - admits waiting regions with the same generation settings, clicks first: at most BATCH_MAX_SIZE click rows, and
-  BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode or came in the last CLICKS_RECENT_S
-  seconds (each admission pauses every row for its encoding and prefill, and every bulk row makes a click's steps
-  dearer), so a click finds a place at the next step even beside bulk work, and bulk work advances at every step
-  however many clicks come (no starvation);
+  BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode (each admission pauses every row for
+  its encoding and prefill: a click must not wait out waves of bulk admissions), so a click finds a place at the
+  next step even beside bulk work, and bulk work advances at every step however many clicks come (no starvation);
   a lone click arriving while other clicks decode waits up to ADMIT_TOGETHER_S for a second one to share its
   admission (encoding and prefill cost about the same for 1 or 2 regions; the decode goes on meanwhile);
 - admits nothing once another model version is served: it drains, and the next session opens on the new model.
@@ -32,11 +31,6 @@ if TYPE_CHECKING:  # type hints only: backend/batching.py imports this module
 
 ADMIT_TOGETHER_S = 0.010  # a lone click arriving during a decode waits this long for another to share its admission
 BULK_BESIDE_CLICKS = 2  # bulk rows kept decoding while clicks are in flight (bulk work never stops)
-# Bulk work stays at BULK_BESIDE_CLICKS rows until no click came for this long: rows admitted in a pause between two
-# clicks of an annotator would otherwise fill the batch, and the next click would decode beside all of them (measured
-# on the concurrent bench: a click's p95 during a 200-region request 2.6-3.7x its idle p95 at 16 bulk rows,
-# 1.7-2.3x at 4 bulk rows).
-CLICKS_RECENT_S = 2.0
 
 
 def session_capable(model: Any, key: tuple) -> bool:
@@ -84,7 +78,6 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
 
     admit(batch)
     last_delivery = time.monotonic()
-    last_click = last_delivery if any(entry.ticket.kind == INTERACTIVE for entry in batch) else -CLICKS_RECENT_S
     while session.rows:
         scheduler.observer.decode_step(session.rows)
         try:
@@ -110,11 +103,9 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
         kinds = [entry.ticket.kind for entry in session.handles]
         together = ADMIT_TOGETHER_S if INTERACTIVE in kinds else 0.0  # beside bulk work only: no one to wait for
         clicks = scheduler.take_rows(key, {INTERACTIVE: settings.batch_max_size - kinds.count(INTERACTIVE)}, together)
-        # While annotators click, bulk work keeps BULK_BESIDE_CLICKS rows going instead of BULK_BATCH_MAX_SIZE.
-        now = time.monotonic()
-        if clicks or INTERACTIVE in kinds:
-            last_click = now
-        bulk_cap = BULK_BESIDE_CLICKS if now - last_click < CLICKS_RECENT_S else settings.bulk_batch_max_size
+        # While clicks decode, bulk work keeps BULK_BESIDE_CLICKS rows going instead of BULK_BATCH_MAX_SIZE: each
+        # admission pauses every row for its encoding and prefill, and a click would wait out a wave of them.
+        bulk_cap = settings.bulk_batch_max_size if not clicks and INTERACTIVE not in kinds else BULK_BESIDE_CLICKS
         bulk = scheduler.take_rows(key, {BATCH: min(bulk_cap, settings.bulk_batch_max_size) - kinds.count(BATCH)})
         if clicks or bulk:
             admit(clicks + bulk)

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backend import sessions
 from backend.batching import BATCH, BatchingSettings, Generation, Region, Scheduler
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_dataset, iter_region_samples
@@ -128,27 +127,6 @@ def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny
     assert [c.caption.token_ids for c in bulk.result(300)] == [c.token_ids for c in alone[:12]]
     assert max(model.rows_per_step) <= 4 + 8  # BULK_BATCH_MAX_SIZE bulk rows beside BATCH_MAX_SIZE click rows
     assert model.admitted[:2] == [4, 1] and max(model.rows_per_step) == 5  # the click joined the running decode
-
-
-@pytest.mark.parametrize("recent_s", [60.0, 0.0])
-def test_bulk_stays_narrow_while_annotators_click(make_scheduler, tiny_dam, regions, alone, monkeypatch, recent_s):
-    """After a click, bulk work is not refilled past BULK_BESIDE_CLICKS rows for CLICKS_RECENT_S: the next click of
-    the same annotator must not decode beside a full bulk batch. With a window of 0 the bulk refills at once (the
-    check below can fail)."""
-    monkeypatch.setattr(sessions, "CLICKS_RECENT_S", recent_s)
-    model = Counting(tiny_dam)
-    scheduler = make_scheduler(serving(model), bulk_batch_max_size=8, batch_max_wait_ms=0)
-    bulk = scheduler.submit([Region(*r) for r in regions[:16]], kind=BATCH, generation=GEN)
-    while not model.steps:
-        time.sleep(0.002)
-    click = scheduler.caption([Region(*regions[0])], generation=GEN)
-    assert click[0].caption.token_ids == alone[0].token_ids
-    assert [c.caption.token_ids for c in bulk.result(300)] == [c.token_ids for c in alone[:16]]
-    assert model.admitted[1] == 1, model.admitted  # the click joined the bulk's session
-    # rows in flight after each later admission (the click's own row included while it decodes)
-    widths = [before + n for before, n in zip(model.rows_at_admit[2:], model.admitted[2:])]
-    narrow = all(width <= sessions.BULK_BESIDE_CLICKS + 1 for width in widths)
-    assert narrow == (recent_s > 0), (widths, model.admitted)
 
 
 def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_dam, regions, alone):
