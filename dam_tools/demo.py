@@ -28,17 +28,19 @@ import sys
 import time
 from pathlib import Path
 
-import requests
+LAUNCHED = time.monotonic()  # before the heavy imports below (torch: seconds): READY counts from here
 
-from dam_model.fileio import atomic_write_json
-from dam_tools.demo_models import BackgroundBuild, ModelPlan, plan_models, promote_tiny
-from dam_tools.local_stack import (ROOT, LabelStudioCredentials, LocalStack, ManagedProcess, StackError, is_healthy,
-                                   port_is_free)
-from dam_tools.ls_api import LabelStudioAPI
-from dam_tools.progress import default_mode, make_bar, wait_with_bar
-from dam_tools.provisioning import (DEMO_TASKS, S3Target, backend_env, create_bucket, project_guide, provision_project,
-                                    synthetic_tasks)
-from ls_io.regions import caption_text, region_type
+import requests  # noqa: E402
+
+from dam_model.fileio import atomic_write_json  # noqa: E402
+from dam_tools.demo_models import BackgroundBuild, ModelPlan, plan_models, promote_tiny  # noqa: E402
+from dam_tools.local_stack import (ROOT, LabelStudioCredentials, LocalStack, ManagedProcess, StackError,  # noqa: E402
+                                   is_healthy, port_is_free)
+from dam_tools.ls_api import LabelStudioAPI  # noqa: E402
+from dam_tools.progress import default_mode, make_bar, wait_with_bar  # noqa: E402
+from dam_tools.provisioning import (DEMO_TASKS, S3Target, backend_env, create_bucket, project_guide,  # noqa: E402
+                                    provision_project, synthetic_tasks)
+from ls_io.regions import caption_text, region_type  # noqa: E402
 
 PROJECT_TITLE = "DAM demo: describe anything"
 
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     for name, port in (("--ls-port", args.ls_port), ("--backend-port", args.backend_port), ("--s3-port", args.s3_port)):
         if not port_is_free(port, args.host):
             raise StackError(f"port {port} ({name}) is in use: choose another with {name}")
-    started = time.monotonic()
+    started = LAUNCHED
     creds = load_credentials(run_dir, ls_data)
     label_config = (ROOT / "label_config" / "image.xml").read_text()
 
