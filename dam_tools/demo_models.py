@@ -96,6 +96,17 @@ def plan_models(run_dir: Path, model: Path | None, progress: str) -> ModelPlan:
                      background=BEST_PROFILE)
 
 
+def served_figures(plan: ModelPlan) -> str:
+    """"colour 100 %, size 79 %, shape 31 % right on held-out scenes" for a promoted tiny model, else ""."""
+    pointer = LocalModelStore(plan.models_root).read_pointer() or {}
+    metrics = pointer.get("metrics") or {}
+    if pointer.get("version") != plan.version or "shape_right" not in metrics:
+        return ""
+    parts = [f"{name} {metrics[f'{key}_right'] * 100:.0f} %" for key, name in
+             (("color", "colour"), ("size", "size"), ("shape", "shape")) if f"{key}_right" in metrics]
+    return ", ".join(parts) + " right on held-out scenes"
+
+
 class BackgroundBuild:
     """``python -m dam_tools.build_tiny_model --profile P --progress lines`` in its own process group at low CPU
     priority (clicks on the backend stay quick), its output in ``log_path``; followed through its progress lines."""
