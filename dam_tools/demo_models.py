@@ -89,9 +89,11 @@ def plan_models(run_dir: Path, model: Path | None, progress: str) -> ModelPlan:
     best = tiny.cached_model(BEST_PROFILE)
     if best is not None:
         return ModelPlan(serve=best, models_root=models_root, version=promote_tiny(models_root, best, BEST_PROFILE))
-    print(f"==> training the first model ('{FIRST_PROFILE}' profile: about 1.5 min on 2 cores; "
-          f"'{BEST_PROFILE}' follows in the background)", flush=True)
-    first = tiny.ensure_tiny_model(FIRST_PROFILE, progress=progress)
+    first = tiny.cached_model(FIRST_PROFILE)
+    if first is None:
+        print(f"==> training the first model ('{FIRST_PROFILE}' profile: about 1.5 min on 2 cores; "
+              f"'{BEST_PROFILE}' follows in the background)", flush=True)
+        first = tiny.ensure_tiny_model(FIRST_PROFILE, progress=progress)
     return ModelPlan(serve=first, models_root=models_root, version=promote_tiny(models_root, first, FIRST_PROFILE),
                      background=BEST_PROFILE)
 
