@@ -28,17 +28,19 @@ import sys
 import time
 from pathlib import Path
 
-import requests
+LAUNCHED = time.monotonic()  # before the heavy imports below (torch: seconds): READY counts from here
 
-from dam_model.fileio import atomic_write_json
-from dam_tools.demo_models import BackgroundBuild, ModelPlan, plan_models, promote_tiny
-from dam_tools.local_stack import (ROOT, LabelStudioCredentials, LocalStack, ManagedProcess, StackError, is_healthy,
-                                   port_is_free)
-from dam_tools.ls_api import LabelStudioAPI
-from dam_tools.progress import default_mode, make_bar, wait_with_bar
-from dam_tools.provisioning import (DEMO_TASKS, S3Target, backend_env, create_bucket, project_guide, provision_project,
-                                    synthetic_tasks)
-from ls_io.regions import caption_text, region_type
+import requests  # noqa: E402
+
+from dam_model.fileio import atomic_write_json  # noqa: E402
+from dam_tools.demo_models import BackgroundBuild, ModelPlan, plan_models, promote_tiny, served_figures  # noqa: E402
+from dam_tools.local_stack import (ROOT, LabelStudioCredentials, LocalStack, ManagedProcess, StackError,  # noqa: E402
+                                   is_healthy, port_is_free)
+from dam_tools.ls_api import LabelStudioAPI  # noqa: E402
+from dam_tools.progress import default_mode, make_bar, wait_with_bar  # noqa: E402
+from dam_tools.provisioning import (DEMO_TASKS, S3Target, backend_env, create_bucket, project_guide,  # noqa: E402
+                                    provision_project, synthetic_tasks)
+from ls_io.regions import caption_text, region_type  # noqa: E402
 
 PROJECT_TITLE = "DAM demo: describe anything"
 
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     for name, port in (("--ls-port", args.ls_port), ("--backend-port", args.backend_port), ("--s3-port", args.s3_port)):
         if not port_is_free(port, args.host):
             raise StackError(f"port {port} ({name}) is in use: choose another with {name}")
-    started = time.monotonic()
+    started = LAUNCHED
     creds = load_credentials(run_dir, ls_data)
     label_config = (ROOT / "label_config" / "image.xml").read_text()
 
@@ -228,12 +230,14 @@ def print_banner(args: argparse.Namespace, ls_url: str, project_id: int, creds: 
                  s3: S3Target, run_dir: Path, plan: ModelPlan, backend_url: str) -> None:
     later = (f"\n  better model   '{plan.background}' is training in the background; it is promoted and served "
              "when done" if plan.background and not args.no_wait else "")
+    figures = served_figures(plan)
+    figures = f"\n  its captions   {figures}" if figures else ""
     print(
         f"""
   Label Studio   {ls_url}/projects/{project_id}/data   (the project's instructions say what to try)
   login          {creds.username} / {creds.password}
   API token      {creds.token}
-  ML backend     {backend_url} serving {plan.version or plan.serve}  (provenance and licences: {backend_url}/versions)
+  ML backend     {backend_url} serving {plan.version or plan.serve}  (provenance and licences: {backend_url}/versions){figures}
   models root    {plan.models_root}{later}
   S3 (moto)      {s3.endpoint} bucket {s3.bucket}/{s3.prefix}/ (submitted annotations land here)
   logs           {run_dir / 'logs'}

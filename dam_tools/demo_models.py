@@ -89,11 +89,24 @@ def plan_models(run_dir: Path, model: Path | None, progress: str) -> ModelPlan:
     best = tiny.cached_model(BEST_PROFILE)
     if best is not None:
         return ModelPlan(serve=best, models_root=models_root, version=promote_tiny(models_root, best, BEST_PROFILE))
-    print(f"==> training the first model ('{FIRST_PROFILE}' profile: about 1.5 min on 2 cores; "
-          f"'{BEST_PROFILE}' follows in the background)", flush=True)
-    first = tiny.ensure_tiny_model(FIRST_PROFILE, progress=progress)
+    first = tiny.cached_model(FIRST_PROFILE)
+    if first is None:
+        print(f"==> training the first model ('{FIRST_PROFILE}' profile: about 1.5 min on 2 cores; "
+              f"'{BEST_PROFILE}' follows in the background)", flush=True)
+        first = tiny.ensure_tiny_model(FIRST_PROFILE, progress=progress)
     return ModelPlan(serve=first, models_root=models_root, version=promote_tiny(models_root, first, FIRST_PROFILE),
                      background=BEST_PROFILE)
+
+
+def served_figures(plan: ModelPlan) -> str:
+    """"colour 100 %, size 79 %, shape 31 % right on held-out scenes" for a promoted tiny model, else ""."""
+    pointer = LocalModelStore(plan.models_root).read_pointer() or {}
+    metrics = pointer.get("metrics") or {}
+    if pointer.get("version") != plan.version or "shape_right" not in metrics:
+        return ""
+    parts = [f"{name} {metrics[f'{key}_right'] * 100:.0f} %" for key, name in
+             (("color", "colour"), ("size", "size"), ("shape", "shape")) if f"{key}_right" in metrics]
+    return ", ".join(parts) + " right on held-out scenes"
 
 
 class BackgroundBuild:

@@ -19,10 +19,13 @@ from ls_io.s3 import make_s3_client
 
 # The demo's tasks come from the distribution its models were trained on (dam_model.synthetic's default sizes,
 # 360-576 px on the shorter side); the landscape ones fit Label Studio's editor without scrolling. Seed 7 is
-# neither the training seed (1000) nor the held-out one (9000).
+# neither the training seed (1000) nor the held-out one (9000). 20 tasks hold 80 regions, which tests/demo holds the
+# served model to (>= 90 % with colour, shape and size right). The former 6 tasks held 26 regions, one region 4 points:
+# a model right on 93 % of 518 held-out regions of these image sizes scored 77 % on them (the demo's pixels and masks
+# are exactly the generator's; measured 2026-12-07). At 80 regions the binomial spread is about 3 points.
 DEMO_SIZES: tuple[tuple[int, int], ...] = tuple(s for s in DEFAULT_SIZES if s[0] > s[1])
 DEMO_SEED = 7
-DEMO_TASKS = 6
+DEMO_TASKS = 20
 
 # The first screen of the demo project (Label Studio shows the description in the project list and the
 # instructions before the first task, and behind the editor's "i" button).

@@ -142,3 +142,11 @@ def test_swap_in_promotes_the_background_model_and_captions_again(tmp_path, rand
     demo.swap_in(Build(), plan, api, 1, [1, 2, 3], 2, "http://backend", "off")
     assert LocalModelStore(root).read_pointer()["version"] == demo_models.version_name("default")
     assert api.retrieved == [[1, 2], [3]]
+
+
+def test_banner_figures_of_the_served_tiny_model(tmp_path, random_dam_dir):
+    root = tmp_path / "models"
+    version = demo_models.promote_tiny(root, fake_build(tmp_path / "cache", "fast", random_dam_dir), "fast")
+    plan = demo_models.ModelPlan(serve=random_dam_dir, models_root=root, version=version)
+    assert demo_models.served_figures(plan) == "shape 95 % right on held-out scenes"
+    assert demo_models.served_figures(demo_models.ModelPlan(random_dam_dir, tmp_path / "none", None)) == ""

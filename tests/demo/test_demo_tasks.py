@@ -2,7 +2,11 @@
 them right: colour, shape and size of >= 90 % of the regions (the generator's attributes, dam_model.evaluation's
 RuleJudge). The `fast` model the demo serves first does not reach that (shape is right for about a third of the
 regions after its 1.5 minutes of training: its figures are in dam_tools/build_tiny_model.py), so the accuracy test
-holds the model the demo ends up serving, `default` (promoted when its background build is done)."""
+holds the model the demo ends up serving, `default` (promoted when its background build is done).
+
+The accuracy test needs that model: with it cached it runs in about half a minute; without it, it runs only on
+request (DEMO_ACCURACY_TESTS=1), because building `default` from an empty cache takes ~20-25 minutes on 2 cores
+(fast model included), more than CI's whole budget."""
 from __future__ import annotations
 
 import os
@@ -16,7 +20,7 @@ from dam_model.data import RegionSample
 from dam_model.evaluation import RuleJudge, evaluate_captions
 from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import DEFAULT_SIZES
-from dam_tools.build_tiny_model import appearance_right, ensure_tiny_model, generate_captions
+from dam_tools.build_tiny_model import appearance_right, cached_model, ensure_tiny_model, generate_captions
 from dam_tools.demo_models import BEST_PROFILE
 from dam_tools.provisioning import DEMO_SEED, DEMO_TASKS, synthetic_tasks
 from ls_io.rle import decode_rle
@@ -46,12 +50,15 @@ def test_demo_tasks_come_from_the_training_distribution(tmp_path):
         assert (width, height) in DEFAULT_SIZES and width > height  # landscape: fits the editor
         assert task.regions and len(task.regions) == len(task.attributes)
         assert all(item["type"] == "brushlabels" for item in task.regions)
+    # enough regions that the >= 90 % check below measures the model, not the luck of the draw (one region of 26
+    # was 4 points; of these, about 1.25)
+    assert sum(len(task.regions) for task in tasks) >= 75
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DEMO_ACCURACY_TESTS") != "1",
-                    reason="opt-in (DEMO_ACCURACY_TESTS=1): issue 19's >= 90% goal FAILED in the clean-clone run of "
-                           "2026-12-07 and stays open; this check must pass before the issue is resolved")
+@pytest.mark.skipif(os.environ.get("DEMO_ACCURACY_TESTS") != "1" and cached_model(BEST_PROFILE) is None,
+                    reason=f"the '{BEST_PROFILE}' tiny model is not cached and building it takes ~20-25 min on 2 cores: "
+                           "DEMO_ACCURACY_TESTS=1 builds it and runs this check")
 def test_served_model_names_colour_shape_and_size_of_the_demo_regions(tmp_path):
     model = DescribeAnythingModel.from_pretrained(str(ensure_tiny_model(BEST_PROFILE)), device="cpu",
                                                   dtype="float32")
