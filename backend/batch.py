@@ -17,6 +17,9 @@ model_version):
 - a region with no pixels (an erased brush, a keypoint or polygon that selects nothing) is skipped, logged and
   counted in dam_backend_skipped_regions_total{reason="empty_mask"}; the task keeps its other regions. A rectangle
   whose SAM 2 mask is empty is captioned as the rectangle itself.
+- a task with nothing to caption (no region and NO_REGION_MODE=skip, a video without tracks) also gets `[]`: an
+  empty prediction of this version would be stored, and once the annotator drew regions "Retrieve predictions"
+  would skip the task (it holds a prediction of the current model_version).
 - model or segmenter unavailable, or the worker overloaded: the whole request answers 503 (no task is at fault).
 - the request's deadline (BATCH_DEADLINE_S, one for the whole request, below Label Studio's ML_TIMEOUT_PREDICT)
   passes: the tasks not yet captioned get `[]` (reason "overloaded") and the reply goes out with the others, so
@@ -92,6 +95,9 @@ def predict(backend: "DAMBackend", tasks: Sequence[dict[str, Any]], cfg: ParsedC
     return results, failures
 
 
+NOTHING_TO_CAPTION: list = []  # a task's entry that stores no prediction (Label Studio skips an empty list)
+
+
 def failure(task: Any, kind: str, error: Exception) -> dict[str, Any]:
     """One entry of the reply's "failed"."""
     tid = task.get("id") if isinstance(task, dict) else None
@@ -105,12 +111,12 @@ def skip_region(backend: "DAMBackend", task: dict[str, Any], item: dict[str, Any
 
 
 def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",
-               deadline: float | None = None) -> dict[str, Any]:
+               deadline: float | None = None) -> dict[str, Any] | list:
     if cfg.is_video:
         return video_task(backend, task, cfg, loaded, deadline)
     regions = image_regions(task, cfg.obj.name)
     if not regions and backend.settings.no_region_mode == "skip":
-        return R.prediction([], [], loaded.version)
+        return NOTHING_TO_CAPTION
     image = backend.image_of(task, cfg)
     height, width = image.shape[:2]
     kept, masks, mask_scores, queries = [], [], [], []
@@ -154,11 +160,11 @@ def batch_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
 
 
 def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, loaded: "LoadedModel",
-               deadline: float | None = None) -> dict[str, Any]:
+               deadline: float | None = None) -> dict[str, Any] | list:
     """ls_io.video_tasks' reading (the bulk job's too): tracks -> frames -> masks -> 8 frames -> describe_video."""
     tracks = video_tracks(task, cfg.obj.name)
     if not tracks:
-        return R.prediction([], [], loaded.version)
+        return NOTHING_TO_CAPTION
     frames = task_frames(backend.fetcher, task, cfg.obj, backend.settings.video_max_bytes,
                          backend.settings.media_max_pixels)
     seg = backend.segmenter()

@@ -91,7 +91,7 @@ class Settings:
     sam2_checkpoint: str = ""
     """Path to a local SAM 2 checkpoint (.pt); empty: SAM2_MODEL from the hub."""
     no_region_mode: str = "skip"
-    """skip: a task without regions gets an empty result; auto: SAM 2 automatic masks, each described."""
+    """skip: a task without regions gets no prediction ([]); auto: SAM 2 automatic masks, each described."""
     auto_max_masks: int = 16
     """Cap on automatic masks per image (NO_REGION_MODE=auto)."""
     auto_min_area: int = 256
