@@ -171,3 +171,27 @@ def test_interactive_error_reason_is_what_label_studio_returns_to_the_editor(sta
 
     reply = stack.api.interactive(ml_id, task_id, [click(55, 45)])  # a positive click on a served image: a region
     assert "errors" not in reply and [r["type"] for r in reply["data"]["result"]] == ["brushlabels", "textarea"]
+
+
+def test_a_task_without_regions_holds_no_prediction_and_is_captioned_once_it_has_one(stack, host):
+    """Nothing to caption stores nothing (not an empty prediction of this version, which Label Studio's "Retrieve
+    predictions" would skip), so the task is captioned once an annotator drew a region."""
+    cfg = parse_label_config(stack.label_config)
+    width, height = SIZE
+    host.publish(0)
+    project_id = stack.api.create_project("DAM no regions", stack.label_config)
+    (task_id,) = stack.api.import_tasks(project_id, [{"data": {"image": f"{host.url}/img-00.png"}}])
+    stack.api.connect_ml_backend(project_id, stack.backend.url, title="DAM captions", interactive=True)
+    version = serving_version(stack)
+
+    stack.api.retrieve_predictions(project_id, [task_id])
+    assert stack.api.predictions(task_id) == [], "nothing to caption: no prediction stored"
+
+    region = {"id": "drawn-1", "from_name": cfg.brush.name, "to_name": cfg.brush.to_name, "type": "brushlabels",
+              "original_width": width, "original_height": height, "image_rotation": 0,
+              "value": {"format": "rle", "rle": encode_rle(draw(0)[1]), "brushlabels": [cfg.brush.labels[0]]}}
+    stack.api.call("POST", f"/api/tasks/{task_id}/annotations", json={"result": [region]})
+    stack.api.retrieve_predictions(project_id, [task_id])
+    (prediction,) = stored(stack, task_id, version)
+    captions = [r for r in prediction["result"] if r["type"] == "textarea" and r["id"] == "drawn-1"]
+    assert len(captions) == 1 and captions[0]["value"]["text"][0].strip()
