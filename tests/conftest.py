@@ -5,6 +5,7 @@
   ``save_pretrained`` in the official folder layout (seconds to build).
 - ``trained_dam_dir``: the ci-profile tiny DAM trained on the synthetic benchmark (dam_tools/build_tiny_model.py;
   cached under DAM_CACHE_DIR, so only the first run pays the few minutes of training). DAM_TEST_MODEL_DIR overrides it.
+- ``trained_dam``: that model loaded for inference (fp32, CPU, eval), once per test module.
 """
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def trained_dam_dir() -> Path:
     from dam_tools.build_tiny_model import ensure_tiny_model
 
     return ensure_tiny_model("ci")
+
+
+@pytest.fixture(scope="module")
+def trained_dam(trained_dam_dir: Path):
+    from dam_model.modeling import DescribeAnythingModel
+
+    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ import torch
 
 from backend.settings import Settings
 from bk_helpers import FakeDAM, FakeSegmenter
+from dam_model.synthetic import generate_dataset, iter_region_samples
 
 torch.set_num_threads(2)
 
@@ -58,3 +59,9 @@ def make_app(make_settings, fake_dam, fake_seg):
 @pytest.fixture
 def client(make_app):
     return make_app().test_client()
+
+
+@pytest.fixture(scope="module")
+def regions():
+    """16 (image, mask) regions of 6 synthetic scenes: the scheduler tests' real-model inputs."""
+    return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=21, n=6)))[:16]]

@@ -16,8 +16,6 @@ from backend.batching import (BATCH, FAIR_SHARE_EVERY, INTERACTIVE, BatchingSett
 from backend.batching_metrics import SchedulerMetrics
 from backend.metrics import Registry
 from dam_model.generation import Caption, GenerationSettings, generate
-from dam_model.modeling import DescribeAnythingModel
-from dam_model.synthetic import generate_dataset, iter_region_samples
 
 
 def mask_of_area(area: int, shape=(16, 32)) -> np.ndarray:
@@ -404,16 +402,6 @@ def test_scheduler_metrics_render_in_the_registry_format():
 
 
 # ---------------------------------------------------------------------------------------------- with the real tiny DAM
-@pytest.fixture(scope="module")
-def tiny_dam(trained_dam_dir):
-    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
-
-
-@pytest.fixture(scope="module")
-def regions():
-    return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=21, n=6)))[:16]]
-
-
 class Recording:
     """Delegates to the real model; logs each describe_batch start and end (regions)."""
 
@@ -429,10 +417,10 @@ class Recording:
             self.events.append(("end", rows))
 
 
-def test_real_model_eight_submitters_fewer_calls_same_captions_as_alone(make_scheduler, tiny_dam, regions):
+def test_real_model_eight_submitters_fewer_calls_same_captions_as_alone(make_scheduler, trained_dam, regions):
     gen = Generation(max_new_tokens=48)
-    alone = [tiny_dam.describe(image, [mask], **gen.kwargs())[0] for image, mask in regions[:8]]
-    model = Recording(tiny_dam)
+    alone = [trained_dam.describe(image, [mask], **gen.kwargs())[0] for image, mask in regions[:8]]
+    model = Recording(trained_dam)
     scheduler = make_scheduler(served(model, "tiny"), batch_max_size=8, batch_max_wait_ms=50)
     results = run_threads(8, lambda i: scheduler.caption([Region(*regions[i])], generation=gen))
     calls = [rows for event, rows in model.events if event == "start"]
@@ -441,10 +429,10 @@ def test_real_model_eight_submitters_fewer_calls_same_captions_as_alone(make_sch
     assert [r[0].caption.text for r in results] == [c.text for c in alone]
 
 
-def test_real_model_click_during_bulk_work_is_served_between_steps_unchanged(make_scheduler, tiny_dam, regions):
+def test_real_model_click_during_bulk_work_is_served_between_steps_unchanged(make_scheduler, trained_dam, regions):
     gen = Generation(max_new_tokens=48)
-    alone = [tiny_dam.describe(image, [mask], **gen.kwargs())[0].token_ids for image, mask in regions[:12]]
-    model = Recording(tiny_dam)
+    alone = [trained_dam.describe(image, [mask], **gen.kwargs())[0].token_ids for image, mask in regions[:12]]
+    model = Recording(trained_dam)
     scheduler = make_scheduler(served(model, "tiny"), bulk_batch_max_size=8, batch_max_wait_ms=0)
     bulk = scheduler.submit([Region(*r) for r in regions[:11]], kind=BATCH, generation=gen)
     while not model.events:

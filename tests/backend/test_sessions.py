@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 from backend.batching import BATCH, BatchingSettings, Generation, Region, Scheduler
-from dam_model.modeling import DescribeAnythingModel
-from dam_model.synthetic import generate_dataset, iter_region_samples
 
 GEN = Generation(max_new_tokens=40)
 
@@ -60,18 +58,8 @@ def serving(model, version: str = "v1"):
 
 
 @pytest.fixture(scope="module")
-def tiny_dam(trained_dam_dir):
-    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
-
-
-@pytest.fixture(scope="module")
-def regions():
-    return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=21, n=6)))[:16]]
-
-
-@pytest.fixture(scope="module")
-def alone(tiny_dam, regions):
-    return [tiny_dam.describe(image, [mask], **GEN.kwargs())[0] for image, mask in regions]
+def alone(trained_dam, regions):
+    return [trained_dam.describe(image, [mask], **GEN.kwargs())[0] for image, mask in regions]
 
 
 @pytest.fixture
@@ -106,8 +94,8 @@ def caption_in_threads(scheduler, works: list, **submit) -> list:
     return out
 
 
-def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_scheduler, tiny_dam, regions, alone):
-    model = Counting(tiny_dam)
+def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_scheduler, trained_dam, regions, alone):
+    model = Counting(trained_dam)
     scheduler = make_scheduler(serving(model), batch_max_wait_ms=20)
     got = caption_in_threads(scheduler, [Region(*r) for r in regions[:8]])
     assert [c.caption.token_ids for c in got] == [c.token_ids for c in alone[:8]]
@@ -116,8 +104,8 @@ def test_concurrent_clicks_share_decode_steps_and_get_their_captions_alone(make_
     assert model.steps < sum(len(c.token_ids) + 1 for c in alone[:8])  # fewer steps than one by one
 
 
-def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny_dam, regions, alone):
-    model = Counting(tiny_dam)
+def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, trained_dam, regions, alone):
+    model = Counting(trained_dam)
     scheduler = make_scheduler(serving(model), bulk_batch_max_size=4, batch_max_wait_ms=0)
     bulk = scheduler.submit([Region(*r) for r in regions[:12]], kind=BATCH, generation=GEN)
     while not model.steps:
@@ -129,8 +117,8 @@ def test_a_click_joins_a_running_bulk_decode_and_ends_first(make_scheduler, tiny
     assert model.admitted[:2] == [4, 1] and max(model.rows_per_step) == 5  # the click joined the running decode
 
 
-def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_dam, regions, alone):
-    models = {"v1": served(Counting(tiny_dam), "v1"), "v2": served(Counting(tiny_dam), "v2")}
+def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, trained_dam, regions, alone):
+    models = {"v1": served(Counting(trained_dam), "v1"), "v2": served(Counting(trained_dam), "v2")}
     current = {"name": "v1"}
     scheduler = make_scheduler(lambda: models[current["name"]], batch_max_wait_ms=0)
     first = scheduler.submit([Region(*regions[0])], generation=GEN)
@@ -143,8 +131,8 @@ def test_a_promotion_drains_the_session_onto_the_new_model(make_scheduler, tiny_
     assert second.result()[0].caption.token_ids == alone[1].token_ids
 
 
-def test_an_unusable_region_fails_only_its_own_request(make_scheduler, tiny_dam, regions, alone):
-    scheduler = make_scheduler(serving(tiny_dam), batch_max_wait_ms=50)
+def test_an_unusable_region_fails_only_its_own_request(make_scheduler, trained_dam, regions, alone):
+    scheduler = make_scheduler(serving(trained_dam), batch_max_wait_ms=50)
     image, mask = regions[0]
     works = [Region(image, mask), Region(image, np.zeros((3, 3), bool)), Region(*regions[2])]
     got = caption_in_threads(scheduler, works)
@@ -152,8 +140,8 @@ def test_an_unusable_region_fails_only_its_own_request(make_scheduler, tiny_dam,
     assert [got[0].caption.token_ids, got[2].caption.token_ids] == [alone[0].token_ids, alone[2].token_ids]
 
 
-def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions, alone):
-    model = Counting(tiny_dam)
+def test_a_cancelled_request_leaves_the_decode(make_scheduler, trained_dam, regions, alone):
+    model = Counting(trained_dam)
     scheduler = make_scheduler(serving(model), batch_max_wait_ms=0)
     ticket = scheduler.submit([Region(*regions[3])], generation=GEN)
     while not model.steps:
@@ -165,10 +153,10 @@ def test_a_cancelled_request_leaves_the_decode(make_scheduler, tiny_dam, regions
     assert scheduler.caption([Region(*regions[4])], generation=GEN)[0].caption.token_ids == alone[4].token_ids
 
 
-def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_scheduler, tiny_dam, regions, alone):
-    scheduler = make_scheduler(serving(tiny_dam), batch_max_wait_ms=0)
+def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_scheduler, trained_dam, regions, alone):
+    scheduler = make_scheduler(serving(trained_dam), batch_max_wait_ms=0)
     image, mask = regions[5]
-    batch = tiny_dam.prepare_regions(image, [mask])
+    batch = trained_dam.prepare_regions(image, [mask])
     ready = Region(image, mask, None, (batch.pixel_values[0], batch.is_focal[0]))
     other_size = Region(image, mask, None, (batch.pixel_values[0][:, :8, :8], batch.is_focal[0]))  # e.g. a swap
     got = [scheduler.caption([work], generation=GEN)[0].caption.token_ids for work in (ready, other_size)]

@@ -7,15 +7,9 @@ import random
 import pytest
 import torch
 
-from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_dataset, iter_region_samples
 
 BRIEF = "<image>\nDescribe the masked region briefly."
-
-
-@pytest.fixture(scope="module")
-def dam(trained_dam_dir):
-    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
 
 
 @pytest.fixture(scope="module")
@@ -23,34 +17,34 @@ def regions():
     return [(s.image, s.mask) for s in list(iter_region_samples(generate_dataset(seed=23, n=8)))[:12]]
 
 
-def query_of(i: int, dam) -> str | None:
-    return [None, BRIEF, dam.config.image_query.replace("the masked region", "the masked region (a red cat)")][i % 3]
+def query_of(i: int, trained_dam) -> str | None:
+    return [None, BRIEF, trained_dam.config.image_query.replace("the masked region", "the masked region (a red cat)")][i % 3]
 
 
 @pytest.mark.parametrize("max_new_tokens", [40, 6])
-def test_rows_joining_at_random_steps_decode_as_alone(dam, regions, max_new_tokens):
-    alone = [dam.describe(image, [mask], query=query_of(i, dam), max_new_tokens=max_new_tokens)[0]
+def test_rows_joining_at_random_steps_decode_as_alone(trained_dam, regions, max_new_tokens):
+    alone = [trained_dam.describe(image, [mask], query=query_of(i, trained_dam), max_new_tokens=max_new_tokens)[0]
              for i, (image, mask) in enumerate(regions)]
-    session = dam.caption_session(max_new_tokens)
+    session = trained_dam.caption_session(max_new_tokens)
     rng = random.Random(max_new_tokens)
     waiting, got, widths = list(range(len(regions))), {}, []
     while waiting or session.rows:
         joining = waiting[: rng.randint(0, 3)]
         waiting = waiting[len(joining):]
         if joining:
-            got.update(session.admit([(*regions[i], query_of(i, dam)) for i in joining], joining))
+            got.update(session.admit([(*regions[i], query_of(i, trained_dam)) for i in joining], joining))
         got.update(session.step())
         widths.append(0 if session.decoder.mask is None else session.decoder.mask.shape[1])
     assert [got[i].token_ids for i in range(len(regions))] == [c.token_ids for c in alone]
     assert [got[i].text for i in range(len(regions))] == [c.text for c in alone]
     assert [round(got[i].confidence, 4) for i in range(len(regions))] == [round(c.confidence, 4) for c in alone]
-    longest_prompt = max(len(dam._prompt_ids(query_of(i, dam))) - 1 + dam.tokens_per_image for i in range(3))
+    longest_prompt = max(len(trained_dam._prompt_ids(query_of(i, trained_dam))) - 1 + trained_dam.tokens_per_image for i in range(3))
     assert max(widths) <= longest_prompt + max_new_tokens  # trimmed: the cache never outgrows its oldest row
 
 
-def test_a_dropped_row_leaves_the_others_unchanged(dam, regions):
-    alone = [dam.describe(image, [mask], max_new_tokens=30)[0].token_ids for image, mask in regions[:4]]
-    session = dam.caption_session(30)
+def test_a_dropped_row_leaves_the_others_unchanged(trained_dam, regions):
+    alone = [trained_dam.describe(image, [mask], max_new_tokens=30)[0].token_ids for image, mask in regions[:4]]
+    session = trained_dam.caption_session(30)
     got = dict(session.admit([(*regions[i], None) for i in range(3)], [0, 1, 2]))
     got.update(session.step())
     session.drop([1])
@@ -60,8 +54,8 @@ def test_a_dropped_row_leaves_the_others_unchanged(dam, regions):
     assert 1 not in got and [got[i].token_ids for i in (0, 2, 3)] == [alone[i] for i in (0, 2, 3)]
 
 
-def test_an_unusable_region_admits_nothing(dam, regions):
-    session = dam.caption_session(10)
+def test_an_unusable_region_admits_nothing(trained_dam, regions):
+    session = trained_dam.caption_session(10)
     image, mask = regions[0]
     with pytest.raises(ValueError, match="differs from image size"):
         session.admit([(image, mask[:-1], None), (image, mask, None)], ["bad", "good"])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dam_model.generation import DecodeStats, GenerationSettings, between_steps, generate, nucleus_filter
-from dam_model.modeling import DescribeAnythingModel
 from dam_model.synthetic import generate_dataset, iter_region_samples
 
 
@@ -116,14 +115,9 @@ def test_video_with_five_usable_frames_follows_the_rule(tiny_model, scene):
         tiny_model.describe_video([images[0]] * 3, [empty] * 3)
 
 
-@pytest.fixture(scope="module")
-def trained_model(trained_dam_dir):
-    return DescribeAnythingModel.from_pretrained(trained_dam_dir, device="cpu", dtype="float32").eval()
-
-
-def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_model):
+def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_dam):
     """Rows that emitted </s> leave the batch; token ids equal compaction-off and one-by-one decoding."""
-    model = trained_model
+    model = trained_dam
     samples = list(iter_region_samples(generate_dataset(seed=5, n=4)))[:6]
     visual, _ = model._encode_items([(s.image, [s.mask]) for s in samples])
     detail, brief = model._prompt_ids(None), model._prompt_ids("<image>\nDescribe the masked region briefly.")
@@ -149,10 +143,10 @@ def test_finished_rows_are_compacted_and_greedy_results_do_not_change(trained_mo
         assert single[0] == ids_on[i]
 
 
-def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_model):
+def test_describe_batch_with_compaction_equals_describe_one_by_one(trained_dam):
     samples = list(iter_region_samples(generate_dataset(seed=6, n=4)))[:6]
-    batched = trained_model.describe_batch([(s.image, [s.mask]) for s in samples], max_new_tokens=48)
-    singles = [trained_model.describe(s.image, [s.mask], max_new_tokens=48)[0] for s in samples]
+    batched = trained_dam.describe_batch([(s.image, [s.mask]) for s in samples], max_new_tokens=48)
+    singles = [trained_dam.describe(s.image, [s.mask], max_new_tokens=48)[0] for s in samples]
     assert [b[0].token_ids for b in batched] == [s.token_ids for s in singles]
     assert [b[0].text for b in batched] == [s.text for s in singles]
     assert len({len(s.token_ids) for s in singles}) > 1  # lengths differ: some rows were dropped early
