@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dam_model.segmentation import SEGMENTER_KINDS
+from ls_io.media import parse_env_value
 
 SEGMENTER_CHOICES = (*SEGMENTER_KINDS, "color", "none")  # the backend's SEGMENTER values
 
@@ -143,20 +144,12 @@ def env_name(name: str) -> str:
 
 
 def _parse(kind: Any, raw: str, var: str) -> Any:
-    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind in ("int", int) and not raw.strip():
+        return 0  # compose passes an unset option as "" (e.g. PREANNOTATE_PROJECT: ${PREANNOTATE_PROJECT:-})
     try:
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-                raise ValueError("not a boolean (true/false)")
-            return low in {"1", "true", "yes", "on"}
-        if kind == "int":
-            return int(raw) if raw.strip() else 0
-        if kind == "float":
-            return float(raw)
+        return parse_env_value(kind, raw)
     except ValueError as exc:
         raise ValueError(f"{var}={raw!r}: {exc}") from None
-    return raw
 
 
 def config_values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -107,14 +107,16 @@ class MediaConfig:
             if raw is None:
                 continue
             try:
-                values[f.name] = _parse_env_value(f.type, raw)
+                values[f.name] = parse_env_value(f.type, raw)
             except ValueError as exc:
                 raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
         values.update(overrides)
         return cls(**values)
 
 
-def _parse_env_value(kind: Any, raw: str) -> Any:
+def parse_env_value(kind: Any, raw: str) -> Any:
+    """An environment variable's text as its dataclass field's type (bool, int, float, else str); ValueError says
+    why (the caller names the variable). Also the bulk job's configuration reader (dam_preannotate.config)."""
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     if kind == "bool":
         low = raw.strip().lower()
