@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     jobs = TrainingJobs(settings.events_file, settings.train_command, settings.train_log_dir)
     observer = SchedulerMetrics()
     metrics.add(*observer.metrics)
-    kpis, kpi_gauges = KpiSource.from_settings(settings), KpiGauges()
+    kpis, kpi_gauges = KpiSource.for_models_root(store.s3, settings.models_root_path), KpiGauges()
     metrics.add(*kpi_gauges.metrics)
     scheduler = Scheduler(store.get, batching, observer)
     backend = DAMBackend(settings, store, segmenters, fetcher or MediaFetcher(settings), jobs, metrics, scheduler)

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dam_model.versions import KPIS_NAME, parse_s3_url
-from ls_io.s3 import describe_error, make_s3_client
+from dam_model.versions import KPIS_NAME
+from ls_io.s3 import describe_error
+from model_source.s3 import ModelSourceError, S3Models
 
 from .metrics import Gauge
-from .settings import Settings
 
 log = logging.getLogger("dam_backend.kpis")
 KPI_REFRESH_SECONDS = 30.0
@@ -31,18 +31,6 @@ COUNT_FIELDS = ("regions", "accepted", "edited", "deleted", "new")
 def file_reader(path: Path) -> Callable[[], bytes | None]:
     def read() -> bytes | None:
         return path.read_bytes() if path.exists() else None
-    return read
-
-
-def s3_reader(url: str, endpoint_url: str | None, client: Any = None) -> Callable[[], bytes | None]:
-    bucket, prefix = parse_s3_url(url)
-    client = client if client is not None else make_s3_client(endpoint_url or None)
-
-    def read() -> bytes | None:
-        try:
-            return client.get_object(Bucket=bucket, Key=prefix + KPIS_NAME)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            return None
     return read
 
 
@@ -58,12 +46,12 @@ class KpiSource:
         self.last_error: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, s3_client: Any = None) -> "KpiSource":
-        if settings.models_root_is_s3:
-            where = settings.models_root.rstrip("/") + "/" + KPIS_NAME
-            return cls(s3_reader(settings.models_root, settings.models_s3_endpoint_url, s3_client), where)
-        if settings.models_root_path is not None:
-            path = settings.models_root_path / KPIS_NAME
+    def for_models_root(cls, s3: S3Models | None, local_root: Path | None) -> "KpiSource":
+        """Beside the pointer the model store reads: through its S3 client (s3://) or in its folder."""
+        if s3 is not None:
+            return cls(lambda: s3.read_root_file(KPIS_NAME), f"{s3.url}{KPIS_NAME}")
+        if local_root is not None:
+            path = local_root / KPIS_NAME
             return cls(file_reader(path), str(path))
         return cls(None, "")
 
@@ -83,7 +71,8 @@ class KpiSource:
                         raise ValueError("not a JSON object")
                     self._record, self.last_error = record, None
                 except Exception as exc:  # noqa: BLE001 - unreadable now: keep the last good record, say why
-                    self.last_error = f"cannot read {self.where}: {describe_error(exc)}"
+                    self.last_error = (str(exc) if isinstance(exc, ModelSourceError)  # names the object already
+                                       else f"cannot read {self.where}: {describe_error(exc)}")
                     log.warning("%s", self.last_error)
             return self._record
 

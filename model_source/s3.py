@@ -59,16 +59,20 @@ class S3Models:
         return self.url
 
     # ---------- pointer ----------
-    def read_pointer(self) -> tuple[str, bytes] | None:
-        """(signature, raw bytes) of current.json, or None when nothing is promoted yet."""
-        key = self.prefix + POINTER_NAME
+    def read_root_file(self, name: str) -> bytes | None:
+        """The bytes of ``<prefix><name>`` (current.json, kpis.json), or None when it does not exist."""
+        key = self.prefix + name
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:  # noqa: BLE001 - boto raises many types; all mean "unreadable now"
             if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
                 return None
             raise ModelSourceError(f"cannot read s3://{self.bucket}/{key}: {describe_error(exc)}") from None
-        return hashlib.sha256(body).hexdigest(), body
+
+    def read_pointer(self) -> tuple[str, bytes] | None:
+        """(signature, raw bytes) of current.json, or None when nothing is promoted yet."""
+        body = self.read_root_file(POINTER_NAME)
+        return None if body is None else (hashlib.sha256(body).hexdigest(), body)
 
     def promoted(self) -> tuple[str, str, str] | None:
         """(signature, version, path) of the promoted version named by current.json, or None when nothing is

@@ -12,6 +12,7 @@ from backend.kpis import KpiSource
 from dam_loop.kpis import CaptionEdit, kpi_report
 from dam_loop.models_root import LocalModelStore, S3ModelStore
 from dam_model.versions import KPIS_NAME
+from model_source.s3 import S3Models
 
 
 def edit(version: str, status: str, distance: float | None, night: str = "2026-12-06") -> CaptionEdit:
@@ -74,7 +75,7 @@ def test_without_a_models_root_the_reply_says_so(make_app):
     assert body["kpis"] is None and "MODELS_ROOT is not set" in body["reason"]
 
 
-def test_kpis_on_an_s3_models_root(moto_endpoint, monkeypatch, make_settings):
+def test_kpis_on_an_s3_models_root(moto_endpoint, monkeypatch, tmp_path):
     for name, value in {"AWS_ACCESS_KEY_ID": "kpi-key", "AWS_SECRET_ACCESS_KEY": "kpi-secret-value",
                         "AWS_DEFAULT_REGION": "us-east-1", "S3_ENDPOINT_URL": moto_endpoint}.items():
         monkeypatch.setenv(name, value)
@@ -83,7 +84,7 @@ def test_kpis_on_an_s3_models_root(moto_endpoint, monkeypatch, make_settings):
     root = f"s3://{bucket}/dam-models"
     S3ModelStore(root).write_kpis(record_of([edit("v7", "edited", 0.25), edit("v7", "accepted", 0.0)]))
 
-    source = KpiSource.from_settings(make_settings(models_root=root, models_s3_endpoint_url=moto_endpoint))
+    source = KpiSource.for_models_root(S3Models(root, tmp_path / "cache", endpoint_url=moto_endpoint), None)
     body = source.reply("v7")
     assert source.where == f"{root}/{KPIS_NAME}" and body["error"] is None
     assert body["served"]["acceptance_rate"] == 0.5 and body["served"]["mean_edit_distance"] == 0.125
