@@ -66,7 +66,7 @@ from dam_loop.dataset import read_info
 from dam_loop.gate import GateDecision, decide_from_metrics
 from dam_loop.gate_flags import add_gate_args, gate_settings_from_args
 from dam_loop.lock import FileLock
-from dam_loop.models_root import S3ModelStore, champion_dir, open_store, resolve_init
+from dam_loop.models_root import champion_dir, open_store, resolve_init
 from dam_loop.provenance import new_run_id, utc_iso
 from dam_loop.regression_set import add_regression_args, ensure_regression_set, regression_folder
 from dam_loop.steps import build, evaluate, nightly_kpis, nightly_report, promote, pseudo_label, pull, train
@@ -143,7 +143,7 @@ def learning_from_edits(args: argparse.Namespace, work_root: Path, snapshot_id: 
         try:
             store = open_store(args.models_root)
             store.write_kpis(record)
-            published = f"{store}/{KPIS_NAME}" if isinstance(store, S3ModelStore) else str(store.root / KPIS_NAME)
+            published = f"{str(store).rstrip('/')}/{KPIS_NAME}"
         except Exception as exc:  # the models root unreachable: the KPIs stay in the work root
             log.warning("KPIs not published to %s: %s: %s", args.models_root, type(exc).__name__, exc)
     return {"file": str(work_root / nightly_kpis.KPI_FILE), "published": published, "predictions": record["predictions"],
