@@ -171,5 +171,5 @@ def video_task(backend: "DAMBackend", task: dict[str, Any], cfg: ParsedConfig, l
     per_track = track_masks(tracks, frames, seg if isinstance(seg, VideoSegmenter) else None)
     return track_prediction(cfg, tracks, frames, per_track,
                             lambda masks: sample_frame_indices(masks, backend.settings.video_frames),
-                            lambda frames, masks, name: backend.describe_track(frames, masks, deadline, name),
+                            lambda frames, masks: backend.describe_track(frames, masks, deadline),
                             lambda item, exc: skip_region(backend, task, item, exc))

@@ -174,8 +174,8 @@ class DAMBackend:
             self.metrics.regions.inc(len(masks), kind="image")
         return [c.caption for c in done], done[-1].model_version if done else loaded.version
 
-    def describe_track(self, frames: list[np.ndarray], masks: list[np.ndarray], deadline: float | None,
-                       name: str) -> tuple[Any, str]:
+    def describe_track(self, frames: list[np.ndarray], masks: list[np.ndarray],
+                       deadline: float | None) -> tuple[Any, str]:
         """(caption of one video track from its sampled frames, the version that wrote it), through the scheduler.
         A ValueError of the model becomes a ModelError in ls_io.video_tasks.track_prediction."""
         done = self.scheduler.caption([Track(frames, masks)], kind=BATCH, generation=self.generation,

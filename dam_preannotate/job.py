@@ -254,7 +254,7 @@ class Run:
         """One describe_video per track (tracks are not batched across tasks), then the prediction, as /predict."""
         model, max_new_tokens, version = self.parts.model, self.cfg.max_new_tokens, self.version
 
-        def describe(frames, masks, name):
+        def describe(frames, masks):
             return model.describe_video(frames, masks, query=None, max_new_tokens=max_new_tokens), version
 
         try:

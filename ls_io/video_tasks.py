@@ -24,8 +24,8 @@ from .tasks import collect_regions, task_label
 from .tracks import box_visible, timeline_length, track_boxes, track_masks as box_masks
 from .video_io import decode_video
 
-# (frames, masks, track name) -> (caption with .text and .confidence, the model_version that wrote it)
-DescribeTrack = Callable[[list[np.ndarray], list[np.ndarray], str], tuple[Any, str]]
+# (frames, masks) -> (caption with .text and .confidence, the model_version that wrote it)
+DescribeTrack = Callable[[list[np.ndarray], list[np.ndarray]], tuple[Any, str]]
 
 
 def video_tracks(task: dict[str, Any], to_name: str) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ def track_prediction(cfg: ParsedConfig, tracks: Sequence[dict[str, Any]], frames
             continue
         name = region_label(item)
         try:
-            caption, version = describe([frames[i] for i in indices], [masks[i] for i in indices], name)
+            caption, version = describe([frames[i] for i in indices], [masks[i] for i in indices])
         except StatusError:
             raise
         except ValueError as exc:
