@@ -35,7 +35,13 @@ check_lock() {  # $1 venv, $2 lock: installed versions == locked versions, and p
 }
 
 setup_venv() {  # $1 = lock file
-  if stamp_ok "$VENV" "$1" pyproject.toml; then return; fi
+  if stamp_ok "$VENV" "$1" pyproject.toml; then
+    # the project's editable install can go missing on its own (another checkout's `pip install -e .` into a
+    # shared venv, a pip uninstall): restore it without reinstalling the lock
+    "$VENV/bin/python" -P -c "import dam_tools" 2>/dev/null ||
+      "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+    return
+  fi
   echo "==> installing $1 into $VENV (torch is large: a few minutes the first time)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
