@@ -81,6 +81,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     settings = settings or Settings.from_env()
     batching = batching or BatchingSettings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.torch_num_threads:
+        import torch  # deferred like every model import: the app module stays light for its tests
+
+        torch.set_num_threads(settings.torch_num_threads)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     metrics = Registry(failure_reasons=KINDS)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # type hints only: backend/batching.py imports this module
 
 ADMIT_TOGETHER_S = 0.010  # a lone click arriving during a decode waits this long for another to share its admission
 BULK_BESIDE_CLICKS = 2  # bulk rows kept decoding while clicks are in flight (bulk work never stops)
+BULK_ADMIT_ROWS = 4  # bulk rows admitted at one step at most: a click arriving meanwhile waits for one such pause
 
 
 def session_capable(model: Any, key: tuple) -> bool:
@@ -106,6 +107,7 @@ def run_session(scheduler: "Scheduler", batch: list[_Entry], served: Any) -> Non
         # While clicks decode, bulk work keeps BULK_BESIDE_CLICKS rows going instead of BULK_BATCH_MAX_SIZE: each
         # admission pauses every row for its encoding and prefill, and a click would wait out a wave of them.
         bulk_cap = settings.bulk_batch_max_size if not clicks and INTERACTIVE not in kinds else BULK_BESIDE_CLICKS
-        bulk = scheduler.take_rows(key, {BATCH: min(bulk_cap, settings.bulk_batch_max_size) - kinds.count(BATCH)})
+        room = min(bulk_cap, settings.bulk_batch_max_size) - kinds.count(BATCH)
+        bulk = scheduler.take_rows(key, {BATCH: min(room, BULK_ADMIT_ROWS)})
         if clicks or bulk:
             admit(clicks + bulk)

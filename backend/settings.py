@@ -78,6 +78,9 @@ class Settings:
     """Pass the region's label to DAM: "Describe the masked region (a {label}) in detail." """
     video_frames: int = 8
     """Frames sampled per video region for describe_video (DAM's video checkpoints use 8)."""
+    torch_num_threads: int = 0
+    """CPU threads of torch's operators (0: torch's default, one per core). On CPU with a small model, 1 leaves the
+    other cores to the request threads (the local stack's default: see README "Many annotators at once")."""
 
     # --- Segmentation ---
     segmenter: str = "sam2"
@@ -166,6 +169,8 @@ class Settings:
             raise ValueError("MAX_BATCH_REQUESTS must be >= 0 (0: no limit)")
         if self.model_poll_seconds < 0:
             raise ValueError("MODEL_POLL_SECONDS must be >= 0")
+        if self.torch_num_threads < 0:
+            raise ValueError("TORCH_NUM_THREADS must be >= 0 (0: torch's default)")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 

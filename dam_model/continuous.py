@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .generation import Caption, make_caption
+from .traced import LeanStep
 from .prompt import IMAGE_TOKEN_ID
 
 Finished = tuple[Hashable, list[int], float]  # (handle, emitted ids with </s> when emitted, mean log-probability)
@@ -41,10 +42,11 @@ def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 class DecodeSession:
     """Greedy decoding of a changing set of rows over one KV cache (see the module docstring)."""
 
-    def __init__(self, llm, max_new_tokens: int, eos_token_id: int) -> None:
+    def __init__(self, llm, max_new_tokens: int, eos_token_id: int, lean: LeanStep | None = None) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.llm, self.max_new_tokens, self.eos_token_id = llm, max_new_tokens, eos_token_id
+        self.lean = lean  # the traced step and prefill (dam_model/traced.py), or None: transformers' forward
         self._reset()
 
     def _reset(self) -> None:
@@ -70,9 +72,14 @@ class DecodeSession:
         mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.long)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
-        tokens, logprobs = self._choose(out.logits[:, -1, :])
+        if self.lean is not None and bool(mask.all()):  # rows of one prompt length: the traced prefill
+            tokens, logprobs, keys, values = self.lean.prefill(inputs_embeds)
+            for layer, (k, v) in enumerate(zip(keys, values)):
+                cache.update(k, v, layer)
+        else:
+            out = self.llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+            tokens, logprobs = self._choose(out.logits[:, -1, :])
         ids = [[t] for t in tokens.tolist()]
         sums = logprobs.tolist()
         done = [len(i) >= self.max_new_tokens or i[-1] == self.eos_token_id for i in ids]
@@ -94,15 +101,23 @@ class DecodeSession:
         """One token for every row; returns (and drops) the rows that ended."""
         if not self.rows:
             return []
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        # The 4D mask of one new token per row (it sees every real token of its row): given ready-made, because
-        # transformers rebuilds it from the 2D mask at every step, slowly (~10x a tiny model's step) once rows of
-        # different lengths are padded.
-        allowed = self.mask.bool()[:, None, None, :]
-        out = self.llm(input_ids=self.last[:, None], attention_mask=allowed, position_ids=self.next_position,
-                       past_key_values=self.cache, use_cache=True)
-        self.next_position = self.next_position + 1
-        tokens, logprobs = self._choose(out.logits[:, -1, :])
+        if self.lean is not None:
+            layers = self.cache.layers
+            tokens, logprobs, self.mask, self.next_position, keys, values = self.lean(
+                self.last, self.next_position, self.mask, [layer.keys for layer in layers],
+                [layer.values for layer in layers])
+            for layer, k, v in zip(layers, keys, values):
+                layer.keys, layer.values = k, v
+        else:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+            # The 4D mask of one new token per row (it sees every real token of its row): given ready-made, because
+            # transformers rebuilds it from the 2D mask at every step, slowly (~10x a tiny model's step) once rows
+            # of different lengths are padded.
+            allowed = self.mask.bool()[:, None, None, :]
+            out = self.llm(input_ids=self.last[:, None], attention_mask=allowed, position_ids=self.next_position,
+                           past_key_values=self.cache, use_cache=True)
+            self.next_position = self.next_position + 1
+            tokens, logprobs = self._choose(out.logits[:, -1, :])
         self.last = tokens
         ended = []
         for row, (token, logprob) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
@@ -162,9 +177,9 @@ class DecodeSession:
 class CaptionSession:
     """A DecodeSession over a DescribeAnythingModel: admit regions (image, mask, query), step, get Captions."""
 
-    def __init__(self, model: Any, max_new_tokens: int) -> None:
+    def __init__(self, model: Any, max_new_tokens: int, lean: LeanStep | None = None) -> None:
         self.model = model
-        self.decoder = DecodeSession(model.llm, max_new_tokens, model.config.llm.eos_token_id)
+        self.decoder = DecodeSession(model.llm, max_new_tokens, model.config.llm.eos_token_id, lean=lean)
 
     @property
     def rows(self) -> int:
@@ -197,8 +212,9 @@ class CaptionSession:
         if any(sum(1 for t in p if t == IMAGE_TOKEN_ID) != 1 for p in prompts):
             raise ValueError("an image query must contain exactly one <image> placeholder")
         with torch.inference_mode():
-            visual = self.model.encode_images(torch.stack(pixels).to(self.model.device, self.model.dtype),
-                                              torch.stack(focal))
+            pixels, focal = torch.stack(pixels).to(self.model.device, self.model.dtype), torch.stack(focal)
+            encoder = self.model.focal_encoder() if self.decoder.lean is not None and bool(focal.all()) else None
+            visual = encoder(pixels) if encoder is not None else self.model.encode_images(pixels, focal)
             embeds, mask, _ = self.model.splice(prompts, visual, padding_side="left")
         return self._captions(self.decoder.admit(embeds, mask, list(handles)))
 

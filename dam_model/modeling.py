@@ -22,6 +22,7 @@ from .config import DAMConfig
 from .continuous import CaptionSession
 from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames
 from .generation import (Caption, GenerationSettings, TextStreamer, decode_steps, generate, make_caption)
+from .traced import FocalEncoder, LeanStep, unsupported_reason
 from .projector import MultimodalProjector
 from .prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt, tokenize_prompt
 from .vision import ContextProvider, VisionTower, init_vision_weights
@@ -265,7 +266,15 @@ class DescribeAnythingModel(nn.Module):
 
     def _prompt_ids(self, query: str | None, video: bool = False) -> list[int]:
         query = query or (self.config.video_query if video else self.config.image_query)
-        return tokenize_prompt(self._require_tokenizer(), build_prompt(query))
+        # Kept per query: the slow tokenizer takes ~0.3 ms a prompt, and every admitted region asks for one.
+        known = self.__dict__.setdefault("_prompt_cache", {})
+        tokenizer = self._require_tokenizer()
+        key = (query, id(tokenizer))
+        if key not in known:
+            if len(known) >= 256:  # free-text category hints: bounded
+                known.clear()
+            known[key] = tuple(tokenize_prompt(tokenizer, build_prompt(query)))
+        return list(known[key])
 
     def _generate_rows(self, rows: list[list[int]], visual: torch.Tensor, settings: GenerationSettings) -> list[Caption]:
         tokenizer = self._require_tokenizer()
@@ -306,9 +315,29 @@ class DescribeAnythingModel(nn.Module):
         image's `focal.full_view` at this size, when the caller keeps it (clicks on one image)."""
         return preprocess_regions(image, list(masks), self.config.vision.image_size, shared_view=shared_view)
 
-    def caption_session(self, max_new_tokens: int = 128) -> CaptionSession:
-        """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py)."""
-        return CaptionSession(self, max_new_tokens)
+    def caption_session(self, max_new_tokens: int = 128, lean: bool = True) -> CaptionSession:
+        """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py).
+        lean: decode with the traced step and prefill (dam_model/traced.py) when the LLM supports it; False: transformers'
+        forward at every step."""
+        return CaptionSession(self, max_new_tokens, lean=self.lean_step() if lean else None)
+
+    def lean_step(self) -> LeanStep | None:
+        """The traced decode step and prefill of this model's LLM (dam_model/traced.py) on its current device and
+        dtype, made once (None when the LLM is not supported or is training)."""
+        if unsupported_reason(self.llm):
+            return None
+        return self._traced("step", lambda: LeanStep(self.llm))
+
+    def focal_encoder(self) -> FocalEncoder | None:
+        """encode_images of regions that are all focal crops as one traced call (None while training)."""
+        return None if self.training else self._traced("focal", lambda: FocalEncoder(self))
+
+    def _traced(self, name: str, make):
+        cache = self.__dict__.setdefault("_traced_parts", {})
+        key = (name, self.device, self.dtype)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
     def stream(self, image, mask, *, query: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.5, seed: int | None = None) -> Iterator[str]:

@@ -142,8 +142,11 @@ def backend_env(model_dir: Path, ls_url: str, ls_token: str, run_dir: Path, *, s
         "TRAIN_LOG_DIR": str(run_dir / "logs" / "training"),
         "LOOP_WORK_ROOT": str(run_dir / "loop"),
         "INIT_MODEL": str(Path(model_dir).resolve()),
-        "TORCH_NUM_THREADS": env.get("TORCH_NUM_THREADS", "2"),
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+        # One torch thread: the tiny model's operators are too small to split, and on 2 cores the second one serves
+        # the request threads (python scripts/bench.py concurrent: 8 annotators got 84 regions/s with 1 thread, 32-44
+        # with 2; measured 2026-12-07).
+        "TORCH_NUM_THREADS": env.get("TORCH_NUM_THREADS", "1"),
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO"),
         "PYTHONPATH": str(ROOT),
     })
