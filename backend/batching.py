@@ -28,6 +28,10 @@ when all its regions are captioned.
 - Hot promotion: `get_model()` is called for every batch (and after every step of a session, which then drains):
   a model swapped between batches serves the next one and nothing fails; each `Captioned` names the version that
   wrote it.
+- Prepare-ahead (continuous batching): a second thread makes the model inputs (`prepare_regions`: crops, resizes)
+  of the next BULK_BATCH_MAX_SIZE bulk regions while the model decodes, so that admitting bulk rows pauses the
+  decode for encoding and prefill only; a click beside a 200-region request waits out shorter pauses. Clicks are
+  prepared in their own request thread (backend/model.py); whatever is not ready is prepared by the session.
 - close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
   The worker thread starts with the first submission (an app that never captions holds no thread); it is a daemon,
   so in-flight requests finish during gunicorn's graceful shutdown and nothing waits on it at exit.
@@ -35,6 +39,8 @@ when all its regions are captioned.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -55,6 +61,8 @@ from .sessions import joins, run_session, session_capable
 
 log = logging.getLogger(__name__)
 
+PREPARE_AT_ONCE = 4  # bulk regions the prepare-ahead thread makes per model lookup (regions of one image share work)
+
 # ------------------------------------------------------------------------------------------------ the scheduler
 class Scheduler:
     """Batches regions of concurrent requests into model calls on one worker thread (see the module docstring).
@@ -74,6 +82,8 @@ class Scheduler:
         self._regions_per_s: float | None = None  # throughput estimate for Retry-After
         self._click_streak = 0  # click batches run in a row while batch work waited (fair share)
         self._worker: threading.Thread | None = None
+        self._preparer: threading.Thread | None = None
+        self._prepare_wanted = threading.Event()  # set (under _cond) when bulk regions may need preparing
 
     # ---------------------------------------------------------------- request threads
     def submit(self, works: Sequence[Region | Track], *, kind: str = INTERACTIVE,
@@ -113,6 +123,11 @@ class Scheduler:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="dam-batcher", daemon=True)
                 self._worker.start()
+            if kind == BATCH and self.settings.continuous_batching:
+                if self._preparer is None:
+                    self._preparer = threading.Thread(target=self._prepare_ahead, name="dam-prepare", daemon=True)
+                    self._preparer.start()
+                self._prepare_wanted.set()
             self._cond.notify()
         return ticket
 
@@ -128,6 +143,7 @@ class Scheduler:
             if not drain:
                 self._fail_all("the server is shutting down; the request was not captioned")
             self._cond.notify_all()
+            self._prepare_wanted.set()  # the prepare-ahead thread sees _closing and ends
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
@@ -183,6 +199,8 @@ class Scheduler:
             (batch if entry.key == key and len(batch) < cap else rest).append(entry)
         self._queues[kind] = rest
         self.observer.queue_depth(kind, len(rest))
+        if kind == BATCH and self._preparer is not None:
+            self._prepare_wanted.set()
         return batch
 
     def _next_batch(self) -> list[_Entry] | None:
@@ -213,6 +231,40 @@ class Scheduler:
                 self._run(batch)
             except BaseException:  # noqa: BLE001 - the worker must outlive any one batch (_run fails its tickets)
                 log.exception("batching worker: unexpected error")
+
+    def _prepare_ahead(self) -> None:
+        """The prepare-ahead thread (see the module docstring): inputs of the next bulk regions, PREPARE_AT_ONCE at a
+        time. A failure leaves them to the session, which reports it to their request."""
+        while True:
+            self._prepare_wanted.wait()
+            with self._cond:
+                if self._closing:
+                    return
+                head = itertools.islice(self._queues[BATCH], self.settings.bulk_batch_max_size)
+                todo = [e for e in head if isinstance(e.work, Region) and e.work.prepared is None
+                        and not e.prepare_tried][:PREPARE_AT_ONCE]
+                if not todo:
+                    self._prepare_wanted.clear()
+                    continue
+                for entry in todo:
+                    entry.prepare_tried = True
+            made: dict[int, tuple[_Entry, Any]] = {}
+            try:
+                prepare = getattr(self.get_model().model, "prepare_regions", None)
+                if not callable(prepare):
+                    continue
+                by_image: dict[int, list[_Entry]] = {}
+                for entry in todo:
+                    by_image.setdefault(id(entry.work.image), []).append(entry)
+                for group in by_image.values():
+                    batch = prepare(group[0].work.image, [entry.work.mask for entry in group])
+                    for i, entry in enumerate(group):
+                        made[id(entry)] = (entry, (batch.pixel_values[i], batch.is_focal[i]))
+            except Exception:  # noqa: BLE001 - e.g. an unusable mask: the session prepares it and fails its request
+                log.debug("prepare-ahead failed; the session prepares these regions", exc_info=True)
+            with self._cond:
+                for entry, prepared in made.values():
+                    entry.work = dataclasses.replace(entry.work, prepared=prepared)
 
     def _run(self, batch: list[_Entry], served: Any = None) -> None:
         """One model call for `batch`, or a continuous-batching session it opens (backend/sessions.py) when the model
@@ -262,6 +314,8 @@ class Scheduler:
                 if picked:
                     self._queues[kind] = rest
                     self.observer.queue_depth(kind, len(rest))
+                    if kind == BATCH and self._preparer is not None:
+                        self._prepare_wanted.set()  # the next bulk regions move up: prepare them
                     self.observer.batch_formed(kind, len(picked), [now - e.enqueued_at for e in picked])
                     taken += picked
         return taken

@@ -172,6 +172,7 @@ class _Entry:
     work: Region | Track
     key: tuple
     enqueued_at: float
+    prepare_tried: bool = False  # the prepare-ahead thread took it (made its inputs, or left them to the session)
 
 
 # ------------------------------------------------------------------------------------------------ metrics hooks

@@ -8,9 +8,10 @@ on a GPU a batch-1 step leaves most of the card idle: keeping the batch full is 
 - `admit(embeds, mask, handles)` prefills new rows (left-padded) in their own cache, takes their first token, and
   merges that cache into the session's: the shorter one is left-padded along the sequence axis, masked out, and the
   two are concatenated on the batch axis. Positions are per row, so nothing else changes.
-- `step()` feeds every row its last token, takes the next one, and returns the rows that ended (</s> emitted or
-  max_new_tokens reached); they leave the cache at once. Columns no row attends to any more are trimmed, so a
-  session that lives on (clicks keep coming) does not grow.
+- `step()` feeds every row its last token, takes the next one (the traced step of dam_model/traced.py takes
+  `tokens_per_call` at once), and returns the rows that ended (</s> emitted or max_new_tokens reached; tokens a
+  row decoded past its end are discarded); they leave the cache at once. Columns no row attends to any more are
+  trimmed, so a session that lives on (clicks keep coming) does not grow.
 Greedy only: a sampled row's draws would depend on the other rows. Each row's ids equal `generation.generate`'s for
 the same inputs (each row attends to its own tokens only; tests compare them).
 
@@ -98,10 +99,10 @@ class DecodeSession:
 
     @torch.inference_mode()
     def step(self) -> list[Finished]:
-        """One token for every row; returns (and drops) the rows that ended."""
+        """One token for every row (tokens_per_call with the traced step); returns (and drops) the rows that ended."""
         if not self.rows:
             return []
-        if self.lean is not None:
+        if self.lean is not None:  # tokens_per_call tokens per row: [B, n]
             layers = self.cache.layers
             tokens, logprobs, self.mask, self.next_position, keys, values = self.lean(
                 self.last, self.next_position, self.mask, [layer.keys for layer in layers],
@@ -117,14 +118,17 @@ class DecodeSession:
             out = self.llm(input_ids=self.last[:, None], attention_mask=allowed, position_ids=self.next_position,
                            past_key_values=self.cache, use_cache=True)
             self.next_position = self.next_position + 1
-            tokens, logprobs = self._choose(out.logits[:, -1, :])
-        self.last = tokens
+            tokens, logprobs = (t[:, None] for t in self._choose(out.logits[:, -1, :]))
+        self.last = tokens[:, -1]
         ended = []
-        for row, (token, logprob) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
-            self.ids[row].append(token)
-            self.logprob_sums[row] += logprob
-            if token == self.eos_token_id or len(self.ids[row]) >= self.max_new_tokens:
-                ended.append(row)
+        for row, (row_tokens, row_logprobs) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
+            ids = self.ids[row]
+            for token, logprob in zip(row_tokens, row_logprobs):  # a row that ends keeps no token after its end
+                ids.append(token)
+                self.logprob_sums[row] += logprob
+                if token == self.eos_token_id or len(ids) >= self.max_new_tokens:
+                    ended.append(row)
+                    break
         finished = [(self.handles[r], self.ids[r], self.logprob_sums[r] / len(self.ids[r])) for r in ended]
         if ended:
             self.drop(ended)

@@ -28,6 +28,10 @@ from .prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt, tokenize_prompt
 from .vision import ContextProvider, VisionTower, init_vision_weights
 
 COMPONENTS = ("llm", "vision_tower", "mm_projector", "context_provider")
+# Decode steps per traced call in caption sessions. More than one saves a GIL hand-off and a pass of the scheduler's
+# Python per token (and, on a GPU, a host sync), but a row that ends inside a call wastes the rest of it and new rows
+# wait for it: on the tiny CPU model 1, 2 and 4 measured the same (python scripts/bench.py concurrent, 2026-12-07).
+TOKENS_PER_CALL = 1
 
 
 @dataclass
@@ -315,24 +319,25 @@ class DescribeAnythingModel(nn.Module):
         image's `focal.full_view` at this size, when the caller keeps it (clicks on one image)."""
         return preprocess_regions(image, list(masks), self.config.vision.image_size, shared_view=shared_view)
 
-    def caption_session(self, max_new_tokens: int = 128, lean: bool = True) -> CaptionSession:
+    def caption_session(self, max_new_tokens: int = 128, lean: bool = True,
+                        tokens_per_call: int = TOKENS_PER_CALL) -> CaptionSession:
         """Greedy continuous batching: regions join a running decode and leave when done (dam_model/continuous.py).
-        lean: decode with the traced step and prefill (dam_model/traced.py) when the LLM supports it; False: transformers'
-        forward at every step."""
-        return CaptionSession(self, max_new_tokens, lean=self.lean_step() if lean else None)
+        lean: decode with the traced step and prefill (dam_model/traced.py) when the LLM supports it, taking
+        `tokens_per_call` tokens per step; False: transformers' forward, one token per step."""
+        return CaptionSession(self, max_new_tokens, lean=self.lean_step(tokens_per_call) if lean else None)
 
-    def lean_step(self) -> LeanStep | None:
+    def lean_step(self, tokens_per_call: int = TOKENS_PER_CALL) -> LeanStep | None:
         """The traced decode step and prefill of this model's LLM (dam_model/traced.py) on its current device and
         dtype, made once (None when the LLM is not supported or is training)."""
         if unsupported_reason(self.llm):
             return None
-        return self._traced("step", lambda: LeanStep(self.llm))
+        return self._traced(("step", tokens_per_call), lambda: LeanStep(self.llm, tokens_per_call))
 
     def focal_encoder(self) -> FocalEncoder | None:
         """encode_images of regions that are all focal crops as one traced call (None while training)."""
         return None if self.training else self._traced("focal", lambda: FocalEncoder(self))
 
-    def _traced(self, name: str, make):
+    def _traced(self, name, make):
         cache = self.__dict__.setdefault("_traced_parts", {})
         key = (name, self.device, self.dtype)
         if key not in cache:

@@ -42,13 +42,14 @@ def unsupported_reason(llm: Any) -> str | None:
 
 
 class _Step(torch.nn.Module):
-    """forward(tokens [B], positions [B, 1], mask [B, L], keys, values) -> (greedy tokens [B], their log-probabilities
-    [B], mask [B, L+1], positions + 1, keys, values): one token per row, fed `tokens` at `positions`; mask 1 = a real
-    token; keys/values are tuples of per-layer caches [B, kv_heads, L, head_dim], returned with L+1. Everything a step
-    does is in here, so that it is one call (one GIL release)."""
+    """forward(tokens [B], positions [B, 1], mask [B, L], keys, values) -> (greedy tokens [B, n], their
+    log-probabilities [B, n], mask [B, L+n], positions + n, keys, values): n = `steps` tokens per row, the first fed
+    `tokens` at `positions`; mask 1 = a real token; keys/values are tuples of per-layer caches
+    [B, kv_heads, L, head_dim], returned with L+n. Everything the steps do is in here: one call, one GIL release."""
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, steps: int = 1) -> None:
         super().__init__()
+        self.steps = steps
         model, config = llm.model, llm.config
         self.embed = model.embed_tokens
         self.layers = model.layers
@@ -118,13 +119,18 @@ class _Step(torch.nn.Module):
         return chosen, torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
 
     def forward(self, tokens, positions, mask, keys, values):
-        mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-        allowed = mask.bool()[:, None, None, :]  # the new token sees every real token of its row
-        hidden = self.embed(tokens[:, None])  # [B, 1, H]
-        cos, sin = self.rotary(positions, hidden.dtype)
-        hidden, keys, values = self.layers_forward(hidden, cos, sin, keys, values, allowed)
-        chosen, logprobs = self.choose(hidden)
-        return chosen, logprobs, mask, positions + 1, keys, values
+        chosen, logprobs = [], []
+        for _ in range(self.steps):  # unrolled by the trace
+            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+            allowed = mask.bool()[:, None, None, :]  # the new token sees every real token of its row
+            hidden = self.embed(tokens[:, None])  # [B, 1, H]
+            cos, sin = self.rotary(positions, hidden.dtype)
+            hidden, keys, values = self.layers_forward(hidden, cos, sin, keys, values, allowed)
+            tokens, logprob = self.choose(hidden)
+            chosen.append(tokens)
+            logprobs.append(logprob)
+            positions = positions + 1
+        return torch.stack(chosen, 1), torch.stack(logprobs, 1), mask, positions, keys, values
 
 
 class _Prefill(torch.nn.Module):
@@ -150,8 +156,11 @@ class LeanStep:
     """The traced step and prefill of one LLM (see the module docstring); call it like `_Step.forward`, and
     `prefill` like `_Prefill.forward`."""
 
-    def __init__(self, llm: Any) -> None:
-        self.module = _Step(llm).eval()
+    def __init__(self, llm: Any, tokens_per_call: int = 1) -> None:
+        if tokens_per_call < 1:
+            raise ValueError(f"tokens_per_call must be >= 1, got {tokens_per_call}")
+        self.tokens_per_call = tokens_per_call
+        self.module = _Step(llm, tokens_per_call).eval()
         self.layers = len(self.module.layers)
         self._traced = None
         self._prefill = None

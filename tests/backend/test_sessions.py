@@ -21,6 +21,7 @@ class Counting:
     def __init__(self, model) -> None:
         self.model, self.steps, self.admitted, self.rows_per_step = model, 0, [], []
         self.rows_at_admit: list[int] = []
+        self.ready = 0  # admitted regions whose inputs were made beforehand
 
     def caption_session(self, max_new_tokens: int):
         session = self.model.caption_session(max_new_tokens)
@@ -32,6 +33,7 @@ class Counting:
 
             def admit(self, regions, handles):
                 counter.admitted.append(len(regions))
+                counter.ready += sum(1 for region in regions if len(region) > 3 and region[3] is not None)
                 counter.rows_at_admit.append(session.rows)
                 return session.admit(regions, handles)
 
@@ -44,6 +46,18 @@ class Counting:
                 session.drop(handles)
 
         return Recorded()
+
+
+class Preparing(Counting):
+    """Counting, with prepare_regions, recording the thread of every call (the scheduler's prepare-ahead thread)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.prepared_in: list[tuple[str, int]] = []
+
+    def prepare_regions(self, image, masks, shared_view=None):
+        self.prepared_in.append((threading.current_thread().name, len(masks)))
+        return self.model.prepare_regions(image, masks, shared_view)
 
 
 def served(model, version: str) -> SimpleNamespace:
@@ -161,3 +175,15 @@ def test_inputs_prepared_in_the_request_thread_give_the_same_caption(make_schedu
     other_size = Region(image, mask, None, (batch.pixel_values[0][:, :8, :8], batch.is_focal[0]))  # e.g. a swap
     got = [scheduler.caption([work], generation=GEN)[0].caption.token_ids for work in (ready, other_size)]
     assert got == [alone[5].token_ids] * 2
+
+
+def test_bulk_regions_are_prepared_ahead_off_the_model_thread(make_scheduler, trained_dam, regions, alone):
+    model = Preparing(trained_dam)
+    scheduler = make_scheduler(serving(model), batch_max_wait_ms=0, bulk_batch_max_size=4)
+    good = scheduler.submit([Region(*regions[i]) for i in range(12)], kind=BATCH, generation=GEN)
+    bad = scheduler.submit([Region(regions[0][0], np.zeros((3, 3), bool))], kind=BATCH, generation=GEN)
+    assert [c.caption.token_ids for c in good.wait()] == [alone[i].token_ids for i in range(12)]
+    with pytest.raises(ValueError, match="differs from image size"):  # its preparation failed: the session's did too
+        bad.wait()
+    assert model.prepared_in and {name for name, _ in model.prepared_in} == {"dam-prepare"}
+    assert model.ready >= 4  # at least one admission pause without preparation (the first batch has none made)

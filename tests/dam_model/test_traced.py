@@ -45,33 +45,37 @@ def eager_prefill(llm, embeds, mask):
 def test_step_and_prefill_match_transformers(name):
     llm = tiny_llama(**LLAMAS[name])
     assert unsupported_reason(llm) is None
-    lean = LeanStep(llm)
-    for rows, length in [(1, 5), (3, 9), (6, 2)]:  # traced on 2 rows and 3 tokens: other shapes must hold
-        embeds = torch.randn(rows, length, llm.config.hidden_size)
-        mask = torch.ones(rows, length, dtype=torch.long)
-        logits, cache, position = eager_prefill(llm, embeds, mask)
-        tokens, logprobs, keys, values = lean.prefill(embeds)
-        assert torch.equal(tokens, logits.argmax(-1))
-        torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0])
-        for layer, k, v in zip(cache.layers, keys, values):
-            torch.testing.assert_close(k, layer.keys)
-            torch.testing.assert_close(v, layer.values)
-        # Steps with the left padding a session holds once rows of other lengths joined.
-        mask[0, :1] = 0
-        last = tokens
-        for _ in range(4):
-            allowed = torch.cat([mask, torch.ones_like(mask[:, :1])], 1).bool()[:, None, None, :]
-            want = llm(input_ids=last[:, None], attention_mask=allowed, position_ids=position, past_key_values=cache,
-                       use_cache=True).logits[:, -1].float()
-            last, logprobs, mask, position_next, keys, values = lean(
-                last, position, mask, [layer.keys[:, :, :-1] for layer in cache.layers],
-                [layer.values[:, :, :-1] for layer in cache.layers])
-            assert torch.equal(last, want.argmax(-1))
-            torch.testing.assert_close(logprobs, torch.log_softmax(want, -1).gather(1, last[:, None])[:, 0])
-            for layer, k in zip(cache.layers, keys):
+    for per_call in (1, 3):
+        lean = LeanStep(llm, tokens_per_call=per_call)
+        for rows, length in [(1, 5), (3, 9), (6, 2)]:  # traced on 2 rows and 3 tokens: other shapes must hold
+            embeds = torch.randn(rows, length, llm.config.hidden_size)
+            mask = torch.ones(rows, length, dtype=torch.long)
+            logits, cache, position = eager_prefill(llm, embeds, mask)
+            tokens, logprobs, keys, values = lean.prefill(embeds)
+            assert torch.equal(tokens, logits.argmax(-1))
+            torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0])
+            for layer, k, v in zip(cache.layers, keys, values):
                 torch.testing.assert_close(k, layer.keys)
-            assert torch.equal(position_next, position + 1) and mask.shape[1] == cache.layers[0].keys.shape[2]
-            position = position_next
+                torch.testing.assert_close(v, layer.values)
+            mask[0, :1] = 0  # the left padding a session holds once rows of other lengths joined
+            last = tokens
+            for _ in range(2):
+                before = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
+                got_tokens, got_logprobs, got_mask, got_position, keys, values = lean(last, position, mask, *before)
+                want_tokens, want_logprobs = [], []
+                for _ in range(per_call):  # transformers, one token at a time
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                    want = llm(input_ids=last[:, None], attention_mask=mask.bool()[:, None, None, :],
+                               position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1].float()
+                    last, position = want.argmax(-1), position + 1
+                    want_tokens.append(last)
+                    want_logprobs.append(torch.log_softmax(want, -1).gather(1, last[:, None])[:, 0])
+                assert torch.equal(got_tokens, torch.stack(want_tokens, 1))
+                torch.testing.assert_close(got_logprobs, torch.stack(want_logprobs, 1))
+                assert torch.equal(got_mask, mask) and torch.equal(got_position, position)
+                for layer, k, v in zip(cache.layers, keys, values):
+                    torch.testing.assert_close(k, layer.keys)
+                    torch.testing.assert_close(v, layer.values)
 
 
 def test_unsupported_llms_say_why():
@@ -97,14 +101,15 @@ def test_focal_encoder_matches_encode_images(trained_dam, regions):
                                    trained_dam.encode_images(pixels, batch.is_focal))
 
 
-def test_sessions_with_and_without_the_traced_paths_agree(trained_dam, regions):
+@pytest.mark.parametrize("max_new_tokens", [48, 7])
+def test_sessions_with_and_without_the_traced_paths_agree(trained_dam, regions, max_new_tokens):
     """The same admissions (one query: the traced prefill; mixed queries: padding, transformers' prefill) and steps
-    give the same ids and scores either way."""
+    give the same ids and scores either way, however many tokens a traced step takes (rows end inside a call)."""
     brief = "<image>\nDescribe the masked region briefly."
     queries = [None] * 4 + [brief, None, brief, None, None, brief]
     outcome = {}
-    for lean in (True, False):
-        session, got = trained_dam.caption_session(48, lean=lean), {}
+    for lean, per_call in ((False, 1), (True, 1), (True, 3), (True, 4)):
+        session, got = trained_dam.caption_session(max_new_tokens, lean=lean, tokens_per_call=per_call), {}
         assert (session.decoder.lean is not None) == lean
         for start in range(0, len(regions), 3):
             rows = range(start, min(start + 3, len(regions)))
@@ -112,8 +117,10 @@ def test_sessions_with_and_without_the_traced_paths_agree(trained_dam, regions):
             got.update(session.step())
         while session.rows:
             got.update(session.step())
-        outcome[lean] = {i: (c.token_ids, round(c.confidence, 5), c.text) for i, c in got.items()}
-    assert outcome[True] == outcome[False] and len(outcome[True]) == len(regions)
+        outcome[lean, per_call] = {i: (c.token_ids, round(c.confidence, 5), c.text) for i, c in got.items()}
+    eager = outcome.pop((False, 1))
+    assert len(eager) == len(regions) and max(len(ids) for ids, _, _ in eager.values()) <= max_new_tokens
+    assert all(traced == eager for traced in outcome.values())
 
 
 def test_a_training_model_decodes_eagerly(trained_dam):
@@ -122,7 +129,8 @@ def test_a_training_model_decodes_eagerly(trained_dam):
         assert trained_dam.lean_step() is None and trained_dam.focal_encoder() is None
     finally:
         trained_dam.eval()
-    assert trained_dam.lean_step() is trained_dam.lean_step()  # made once per device and dtype
+    assert trained_dam.lean_step() is trained_dam.lean_step()  # made once per device, dtype and tokens per call
+    assert trained_dam.lean_step(2).tokens_per_call == 2
 
 
 def test_prompt_ids_are_kept_per_query_and_handed_out_fresh(trained_dam):
