@@ -156,7 +156,7 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
     size: the vision input size S in pixels; workers: threads over regions (default 1 = serial; see
     `default_workers()`); shared_view: this image's `full_view(image, size)` when the caller has it.
     Raises ValueError for an empty mask or a mask of another size.
-    Shared work: one full-view resize (and its float conversion) for all regions; masks resized
+    Shared work: one PIL image and one full-view resize (and its float conversion) for all regions; masks resized
     as 1-band L images (bit-identical to the release's 3-channel mask resize, channel 0), the full-view mask over
     the part its foreground reaches only (`dam_model.mask_resize`); plain-path regions reuse the full view; the
     uint8 -> float conversion (`normalise_into`) is written straight into the batch tensor.
@@ -176,8 +176,9 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
 
     out = np.empty((n, 8, size, size), dtype=np.uint8)
     values = np.empty((n, 8, size, size), dtype=np.float32)
+    full_image = Image.fromarray(rgb)
     if shared_view is None or shared_view.shape != (3, size, size):
-        shared_view = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+        shared_view = np.asarray(full_image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
     full_values = np.empty(shared_view.shape, dtype=np.float32)
     normalise_into(full_values, shared_view)
     is_focal = np.array([not is_full_image(box, height, width) for box in crop_boxes], dtype=bool)
@@ -194,8 +195,7 @@ def preprocess_regions(image, masks: Sequence, size: int, workers: int | None = 
             out[i, 4:8], values[i, 4:8] = out[i, 0:4], values[i, 0:4]  # same view: reuse the full resize (plain path)
             return
         x0, y0, x1, y1 = (int(v) for v in crop_boxes[i])
-        # the crop box lies inside the image: a view of the array, not a PIL copy of the whole image per click
-        crop = Image.fromarray(rgb[y0:y1, x0:x1]).resize((size, size), Image.BICUBIC)
+        crop = full_image.crop((x0, y0, x1, y1)).resize((size, size), Image.BICUBIC)
         out[i, 4:7] = np.asarray(crop).transpose(2, 0, 1)
         normalise_into(values[i, 4:7], out[i, 4:7])
         # crops differ in size region by region: resized whole (the pass order is known per repeated geometry only)
