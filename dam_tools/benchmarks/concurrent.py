@@ -10,7 +10,9 @@ smart keypoint -> region-grow mask -> one caption, on 8 synthetic scenes served 
 2. Interactive p95 while a 200-region batch request runs (one task with 200 brush regions, as "Retrieve
    predictions" sends it) over the idle interactive p95 (the 1-client clicks); goal <= 2.
 Before the server starts it prints the decode waste that generation's compaction removes (tiny model, 8 regions
-with mixed caption lengths) and the region-grow segmenter's time per click. With continuous batching it also prints
+with mixed caption lengths), decode steps/s through transformers' forward vs the traced step (dam_model/traced.py),
+alone and beside a Python thread (what request threads do to the decode thread), and the region-grow segmenter's
+time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch thread). With continuous batching it also prints
 how many rows the 8 clients' decode steps held on average (/metrics dam_backend_decode_rows).
 
 Run it as `python scripts/bench.py concurrent` (a submodule of dam_tools.benchmarks: no clash with the standard
@@ -86,6 +88,49 @@ def decode_waste(model: DescribeAnythingModel, scenes) -> None:
           f"{on.saved_row_steps / off.row_steps:.0%}; {on.compactions} compactions); decode CPU time (best of 10) "
           f"{t_off * 1000:.0f} -> {t_on * 1000:.0f} ms (a tiny-model step costs about the same for 4 or 8 rows)",
           flush=True)
+
+
+def traced_vs_eager(model: DescribeAnythingModel, scenes) -> None:
+    """Decode steps of a caption session through transformers' forward vs the traced step (dam_model/traced.py),
+    alone and beside a thread running Python (a request thread's share of the GIL), interleaved, best of 3."""
+    objects = [(scene.image, obj.mask) for scene in scenes for obj in scene.objects][:8]
+    stop = threading.Event()
+
+    def python_work() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    def steps_per_s(lean: bool, rows: int) -> float:
+        """Steps with `rows` rows in flight (a session is re-filled when a row ends; admissions are not timed)."""
+        count, spent = 0, 0.0
+        while spent < 0.3:
+            session = model.caption_session(max_new_tokens=64, lean=lean)
+            session.admit([(image, mask, None) for image, mask in objects[:rows]], list(range(rows)))
+            while session.rows == rows:
+                start = time.perf_counter()
+                session.step()
+                spent += time.perf_counter() - start
+                count += 1
+        return count / spent
+
+    figures = {}
+    for beside in (False, True):
+        worker = threading.Thread(target=python_work) if beside else None
+        if worker:
+            stop.clear()
+            worker.start()
+        for _ in range(3):
+            for lean in (False, True):
+                for rows in (1, 8):
+                    key = (beside, lean, rows)
+                    figures[key] = max(figures.get(key, 0.0), steps_per_s(lean, rows))
+        if worker:
+            stop.set()
+            worker.join()
+    for beside in (False, True):
+        where = "beside a Python thread" if beside else "alone"
+        print(f"decode steps/s {where}: 1 row {figures[beside, False, 1]:.0f} eager -> {figures[beside, True, 1]:.0f} "
+              f"traced; 8 rows {figures[beside, False, 8]:.0f} -> {figures[beside, True, 8]:.0f}", flush=True)
 
 
 def region_grow_ms(scenes) -> float:
@@ -215,7 +260,12 @@ def run(args) -> float:
     rounds = args.repeat or 3
     model_dir = ensure_tiny_model("ci")
     scenes = generate_dataset(seed=31, n=8)
-    decode_waste(DescribeAnythingModel.from_pretrained(model_dir, device="cpu", dtype="float32").eval(), scenes)
+    model = DescribeAnythingModel.from_pretrained(model_dir, device="cpu", dtype="float32").eval()
+    decode_waste(model, scenes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server (TORCH_NUM_THREADS=1 in the local stack)
+    traced_vs_eager(model, scenes)
+    torch.set_num_threads(threads)
     height, width = scenes[0].image.shape[:2]
     print(f"region-grow segmenter: {region_grow_ms(scenes):.1f} ms per click at {width}x{height} (best of 5)", flush=True)
     captured = json.loads(CAPTURED.read_text())["body"]
