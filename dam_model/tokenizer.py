@@ -68,4 +68,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
     return out
-

@@ -3,8 +3,10 @@
 Why: a decode step of the tiny model is ~60 small torch calls, each of which releases and re-takes the GIL. In the
 server, request threads run Python between those calls, so the decode thread waits for the GIL after nearly every op
 (up to the 5 ms switch interval each time): measured on 2 cores, a step took 3x longer under 8 annotators than alone,
-and beside a Python busy loop an eager step ran 3 times a second against 2500 alone. A traced step releases the GIL
-once for the whole step and computes while request threads run; it also drops transformers' per-module overhead.
+and beside a Python busy loop an eager session step ran 2 times a second against 1200 alone. A traced step hands the
+GIL over far fewer times (23 steps/s beside that loop, 2700 alone: python scripts/bench.py concurrent) and drops
+transformers' per-module overhead. Why it still takes ~8 hand-offs a step (a traced run of 1 to 40 simple ops takes
+1-2) is not understood yet.
 
 Same arithmetic as the eager paths: transformers' LlamaForCausalLM (4.57: RMSNorm and rotary embedding in float32,
 SDPA with an explicit mask or causal without padding, repeat_kv for grouped heads) and encode_images;
@@ -24,7 +26,7 @@ STATIC_ROPE_TYPES = {None, "default", "linear", "llama3"}
 
 
 def unsupported_reason(llm: Any) -> str | None:
-    """Why `llm` cannot use the lean step, or None when it can."""
+    """Why `llm` cannot use the traced step and prefill, or None when it can."""
     config = getattr(llm, "config", None)
     if type(llm).__name__ != "LlamaForCausalLM" or config is None:
         return f"{type(llm).__name__} is not LlamaForCausalLM"
@@ -45,7 +47,7 @@ class _Step(torch.nn.Module):
     """forward(tokens [B], positions [B, 1], mask [B, L], keys, values) -> (greedy tokens [B, n], their
     log-probabilities [B, n], mask [B, L+n], positions + n, keys, values): n = `steps` tokens per row, the first fed
     `tokens` at `positions`; mask 1 = a real token; keys/values are tuples of per-layer caches
-    [B, kv_heads, L, head_dim], returned with L+n. Everything the steps do is in here: one call, one GIL release."""
+    [B, kv_heads, L, head_dim], returned with L+n. Everything the steps do is in here: one call from Python."""
 
     def __init__(self, llm: Any, steps: int = 1) -> None:
         super().__init__()

@@ -12,8 +12,9 @@ smart keypoint -> region-grow mask -> one caption, on 8 synthetic scenes served 
 Before the server starts it prints the decode waste that generation's compaction removes (tiny model, 8 regions
 with mixed caption lengths), decode steps/s through transformers' forward vs the traced step (dam_model/traced.py),
 alone and beside a Python thread (what request threads do to the decode thread), and the region-grow segmenter's
-time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch thread). With continuous batching it also prints
-how many rows the 8 clients' decode steps held on average (/metrics dam_backend_decode_rows).
+time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch
+thread). With continuous batching it also prints how many rows the 8 clients' decode steps held on average
+(/metrics dam_backend_decode_rows).
 
 Run it as `python scripts/bench.py concurrent` (a submodule of dam_tools.benchmarks: no clash with the standard
 library's `concurrent` package).
