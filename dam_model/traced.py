@@ -5,9 +5,9 @@ server, request threads run Python between those calls, so the decode thread wai
 (up to the 5 ms switch interval each time): measured on 2 cores, a step took 3x longer under 8 annotators than alone,
 and beside a Python busy loop an eager session step ran 2 times a second against 1200 alone. A traced step hands the
 GIL over far fewer times (23 steps/s beside that loop, 2700 alone: python scripts/bench.py concurrent) and drops
-transformers' per-module overhead. Not understood yet: beside that loop a traced step whose cache grows at every call
-(as in a session) took ~45 ms, the same call with repeated shapes ~7 ms (torch.jit.optimized_execution(False) did
-not change it).
+transformers' per-module overhead. Not understood yet: beside that loop the traced step still took ~45 ms a call
+(alone ~0.4 ms), with growing, sliding or identical inputs alike, while traced modules of a few ops took 1-2 hand-offs
+(~5-10 ms); freezing it or torch.jit.optimized_execution(False) did not change it.
 
 Same arithmetic as the eager paths: transformers' LlamaForCausalLM (4.57: RMSNorm and rotary embedding in float32,
 SDPA with an explicit mask or causal without padding, repeat_kv for grouped heads) and encode_images;
