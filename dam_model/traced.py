@@ -7,7 +7,8 @@ and beside a Python busy loop an eager session step ran 2 times a second against
 GIL over far fewer times (23 steps/s beside that loop, 2700 alone: python scripts/bench.py concurrent) and drops
 transformers' per-module overhead. Not understood yet: beside that loop the traced step still took ~45 ms a call
 (alone ~0.4 ms), with growing, sliding or identical inputs alike, while traced modules of a few ops took 1-2 hand-offs
-(~5-10 ms); freezing it or torch.jit.optimized_execution(False) did not change it.
+(~5-10 ms), and it took ~7 ms in a process that had first traced and run other modules wrapping the same step;
+freezing it, torch.jit.optimized_execution(False), no_grad for inference_mode or a warm-up did not change it.
 
 Same arithmetic as the eager paths: transformers' LlamaForCausalLM (4.57: RMSNorm and rotary embedding in float32,
 SDPA with an explicit mask or causal without padding, repeat_kv for grouped heads) and encode_images;
