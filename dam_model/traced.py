@@ -5,10 +5,10 @@ server, request threads run Python between those calls, so the decode thread wai
 (up to the 5 ms switch interval each time): measured on 2 cores, a step took 3x longer under 8 annotators than alone,
 and beside a Python busy loop an eager session step ran 2 times a second against 1200 alone. A traced step hands the
 GIL over far fewer times (23 steps/s beside that loop, 2700 alone: python scripts/bench.py concurrent) and drops
-transformers' per-module overhead. Not understood yet: beside that loop the traced step still took ~45 ms a call
-(alone ~0.4 ms), with growing, sliding or identical inputs alike, while traced modules of a few ops took 1-2 hand-offs
-(~5-10 ms), and it took ~7 ms in a process that had first traced and run other modules wrapping the same step;
-freezing it, torch.jit.optimized_execution(False), no_grad for inference_mode or a warm-up did not change it.
+transformers' per-module overhead. Beside that loop it still takes ~45 ms a call whenever its input shapes differ from
+the previous call's (the cache grows by one column every step), against ~7 ms when the shapes repeat (alone: ~0.4 ms):
+the JIT's handling of new shapes hands the GIL over again and again. A preallocated cache of fixed length (written in
+place, bucketed) would keep the shapes; not built yet.
 
 Same arithmetic as the eager paths: transformers' LlamaForCausalLM (4.57: RMSNorm and rotary embedding in float32,
 SDPA with an explicit mask or causal without padding, repeat_kv for grouped heads) and encode_images;
