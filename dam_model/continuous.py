@@ -88,9 +88,9 @@ class DecodeSession:
         keep = [r for r, d in enumerate(done) if not d]
         if not keep:
             return finished
-        if len(keep) < len(done):
-            cache.batch_select_indices(torch.tensor(keep, device=mask.device))
         index = torch.tensor(keep, device=mask.device)
+        if len(keep) < len(done):
+            cache.batch_select_indices(index)
         self._merge(cache, mask[index], positions[index, -1:] + 1, tokens[index])
         self.handles += [handles[r] for r in keep]
         self.ids += [ids[r] for r in keep]

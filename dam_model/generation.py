@@ -197,12 +197,13 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, set
     means = [logprob_sums[r] / max(len(ids[r]), 1) for r in range(rows)]
     return ids, means
 
+
 def decode_text(tokenizer, ids: list[int]) -> str:
     """`tokenizer.decode(ids, skip_special_tokens=True)` without the slow tokenizer's per-token Python: that decode
     rebuilds the special-token list for every token (~0.3 ms a caption on the tiny model, in the decode thread).
     For a sentencepiece tokenizer whose only added tokens are special ones, the pieces left after dropping special
     ids are exactly what it hands to sentencepiece; anything else takes `tokenizer.decode` (equal text after
-    strip(): tests/dam_model/test_tokenizer_decode.py)."""
+    strip(): tests/dam_model/test_traced.py)."""
     decode = tokenizer.__dict__.get("_dam_decode_text")
     if decode is None:
         decode = tokenizer.__dict__["_dam_decode_text"] = _sentencepiece_decoder(tokenizer) or (
@@ -228,7 +229,6 @@ def _sentencepiece_decoder(tokenizer):
         return tokenizer.clean_up_tokenization(text) if clean else text
 
     return decode
-
 
 
 def make_caption(tokenizer, ids: list[int], mean_logprob: float, eos_token_id: int) -> Caption:

@@ -22,9 +22,9 @@ from .config import DAMConfig
 from .continuous import CaptionSession
 from .focal import RegionBatch, preprocess_frames, preprocess_regions, select_video_frames
 from .generation import (Caption, GenerationSettings, TextStreamer, decode_steps, generate, make_caption)
-from .traced import FocalEncoder, LeanStep, unsupported_reason
 from .projector import MultimodalProjector
 from .prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, build_prompt, tokenize_prompt
+from .traced import FocalEncoder, LeanStep, unsupported_reason
 from .vision import ContextProvider, VisionTower, init_vision_weights
 
 COMPONENTS = ("llm", "vision_tower", "mm_projector", "context_provider")

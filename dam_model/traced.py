@@ -165,7 +165,6 @@ class LeanStep:
             raise ValueError(f"tokens_per_call must be >= 1, got {tokens_per_call}")
         self.tokens_per_call = tokens_per_call
         self.module = _Step(llm, tokens_per_call).eval()
-        self.layers = len(self.module.layers)
         self._traced = None
         self._prefill = None
 
@@ -173,23 +172,14 @@ class LeanStep:
     def prefill(self, embeds: torch.Tensor):
         if self._prefill is None:
             example = embeds.new_zeros(2, 3, embeds.shape[-1])
-            self._prefill = self._trace_module(_Prefill(self.module).eval(), (example,))
+            self._prefill = _trace(_Prefill(self.module).eval(), (example,))
         return self._prefill(embeds)
-
-    def _trace(self, example: tuple) -> Any:
-        return self._trace_module(self.module, example)
-
-    @staticmethod
-    def _trace_module(module: torch.nn.Module, example: tuple) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice and tracer warnings
-            return torch.jit.trace(module, example, check_trace=False)
 
     @torch.inference_mode()
     def __call__(self, tokens, positions, mask, keys, values):
         if self._traced is None:
             # Traced on two rows and a 3-token cache: shapes are symbolic in the trace (tests run other sizes).
-            self._traced = self._trace(_example_inputs(self.module, tokens.device, keys[0].dtype))
+            self._traced = _trace(self.module, _example_inputs(self.module, tokens.device, keys[0].dtype))
         return self._traced(tokens, positions, mask, tuple(keys), tuple(values))
 
 
@@ -201,6 +191,10 @@ def _example_inputs(module: _Step, device: torch.device, dtype: torch.dtype) -> 
             torch.ones(rows, length, dtype=torch.long, device=device), tuple(cache), tuple(cache))
 
 
+def _trace(module: torch.nn.Module, example: tuple) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice and tracer warnings
+        return torch.jit.trace(module, example, check_trace=False)
 
 
 class _FocalEncode(torch.nn.Module):
@@ -231,6 +225,5 @@ class FocalEncoder:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._traced is None:
-            self._traced = LeanStep._trace_module(self.module, (torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1)
-                                                                .contiguous(),))
+            self._traced = _trace(self.module, (torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1).contiguous(),))
         return self._traced(pixels)
