@@ -199,9 +199,13 @@ class Scheduler:
             (batch if entry.key == key and len(batch) < cap else rest).append(entry)
         self._queues[kind] = rest
         self.observer.queue_depth(kind, len(rest))
+        self._taken(kind)
+        return batch
+
+    def _taken(self, kind: str) -> None:
+        """Entries of `kind` left the queue: when bulk ones did, the next bulk regions moved up; prepare them."""
         if kind == BATCH and self._preparer is not None:
             self._prepare_wanted.set()
-        return batch
 
     def _next_batch(self) -> list[_Entry] | None:
         max_wait = self.settings.batch_max_wait_ms / 1000.0
@@ -248,7 +252,7 @@ class Scheduler:
                     continue
                 for entry in todo:
                     entry.prepare_tried = True
-            made: dict[int, tuple[_Entry, Any]] = {}
+            made: list[tuple[_Entry, Any]] = []
             try:
                 prepare = getattr(self.get_model().model, "prepare_regions", None)
                 if not callable(prepare):
@@ -258,12 +262,11 @@ class Scheduler:
                     by_image.setdefault(id(entry.work.image), []).append(entry)
                 for group in by_image.values():
                     batch = prepare(group[0].work.image, [entry.work.mask for entry in group])
-                    for i, entry in enumerate(group):
-                        made[id(entry)] = (entry, (batch.pixel_values[i], batch.is_focal[i]))
+                    made += [(entry, (batch.pixel_values[i], batch.is_focal[i])) for i, entry in enumerate(group)]
             except Exception:  # noqa: BLE001 - e.g. an unusable mask: the session prepares it and fails its request
                 log.debug("prepare-ahead failed; the session prepares these regions", exc_info=True)
             with self._cond:
-                for entry, prepared in made.values():
+                for entry, prepared in made:
                     entry.work = dataclasses.replace(entry.work, prepared=prepared)
 
     def _run(self, batch: list[_Entry], served: Any = None) -> None:
@@ -314,8 +317,7 @@ class Scheduler:
                 if picked:
                     self._queues[kind] = rest
                     self.observer.queue_depth(kind, len(rest))
-                    if kind == BATCH and self._preparer is not None:
-                        self._prepare_wanted.set()  # the next bulk regions move up: prepare them
+                    self._taken(kind)
                     self.observer.batch_formed(kind, len(picked), [now - e.enqueued_at for e in picked])
                     taken += picked
         return taken

@@ -186,7 +186,8 @@ class DAMBackend:
 
     def _prepare(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray], kind: str) -> list[Any]:
         """A click's model inputs, made here in the request thread while the model decodes others (for sessions).
-        Batch requests leave it to the model's thread: 200 regions of DAM-3B inputs would hold ~1 GB."""
+        Batch requests are prepared by the scheduler's prepare-ahead thread, BULK_BATCH_MAX_SIZE regions ahead of
+        the decode: all 200 regions' DAM-3B inputs at once would hold ~1 GB."""
         prepare = getattr(loaded.model, "prepare_regions", None)
         if kind != INTERACTIVE or not callable(prepare) or not self.scheduler.settings.continuous_batching:
             return [None] * len(masks)

@@ -7,8 +7,9 @@ The batch the scheduler formed opens a session. After every decode step the sess
   longest caption of its batch does);
 - drops the rows whose request was cancelled or ran past its deadline;
 - admits waiting regions with the same generation settings, clicks first: at most BATCH_MAX_SIZE click rows, and
-  BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode (each admission pauses every row for
-  its encoding and prefill: a click must not wait out waves of bulk admissions), so a click finds a place at the
+  BULK_BATCH_MAX_SIZE bulk rows, or BULK_BESIDE_CLICKS while clicks decode, bulk rows joining at most
+  BULK_ADMIT_ROWS at a step (each admission pauses every row for its encoding and prefill: a click must not wait
+  out waves of bulk admissions), so a click finds a place at the
   next step even beside bulk work, and bulk work advances at every step however many clicks come (no starvation);
   a lone click arriving while other clicks decode waits up to ADMIT_TOGETHER_S for a second one to share its
   admission (encoding and prefill cost about the same for 1 or 2 regions; the decode goes on meanwhile);
