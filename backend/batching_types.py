@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ls_io.media import parse_env_value
+
 from .errors import BackendError
 
 INTERACTIVE, BATCH = "interactive", "batch"
@@ -23,9 +25,6 @@ FAIR_SHARE_EVERY = 8  # click batches in a row while batch work waits, before on
 
 
 # ------------------------------------------------------------------------------------------------ settings
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-
-
 @dataclass(frozen=True)
 class BatchingSettings:
     """Scheduler settings. Field name == environment variable name, upper-cased (as backend/settings.py)."""
@@ -69,13 +68,10 @@ class BatchingSettings:
         values: dict[str, Any] = {}
         for f in (f for f in fields(cls) if env.get(f.name.upper()) is not None):
             raw = env[f.name.upper()]
-            if f.type == "bool":
-                if raw.strip().lower() not in _BOOLS:
-                    raise ValueError(f"{f.name.upper()}={raw!r} is not a boolean (true/false)")
-                values[f.name] = _BOOLS[raw.strip().lower()]
-                continue
             try:
-                values[f.name] = int(raw) if f.type == "int" else float(raw)
+                if f.type == "bool" and not raw.strip():  # an empty switch must not turn batching off: say so
+                    raise ValueError("not a boolean (true/false)")
+                values[f.name] = parse_env_value(f.type, raw)
             except ValueError as exc:
                 raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
         return cls(**values)

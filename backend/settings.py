@@ -12,18 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dam_model.versions import parse_s3_url
-from ls_io.media import MediaConfig
+from ls_io.media import MediaConfig, parse_env_value
 
 _MEDIA = MediaConfig()  # the media defaults are ls_io's (the loop reads media with the same rules)
-
-
-def _bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -200,16 +191,8 @@ class Settings:
             raw = env.get(f.name.upper())
             if raw is None:
                 continue
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             try:
-                if kind == "bool":
-                    values[f.name] = _bool(f.name.upper(), raw)
-                elif kind == "int":
-                    values[f.name] = int(raw)
-                elif kind == "float":
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = raw
+                values[f.name] = parse_env_value(f.type, raw)  # the one reading, the bulk job's too
             except ValueError as exc:
                 raise ValueError(f"{f.name.upper()}={raw!r}: {exc}") from None
         for name, fallback in _ENV_FALLBACKS.items():
