@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dam_model.continuous import prepared_rows
 from dam_model.focal import full_view
 from ls_io.label_config import ParsedConfig, parse_label_config
 from ls_io.media import MediaFetcher
@@ -185,14 +186,17 @@ class DAMBackend:
         return done[0].caption, done[0].model_version
 
     def _prepare(self, loaded: LoadedModel, image: np.ndarray, masks: list[np.ndarray], kind: str) -> list[Any]:
-        """A click's model inputs, made here in the request thread while the model decodes others (for sessions).
+        """A click's model inputs (crops, resizes), made here in the request thread while the model decodes others
+        (for sessions). Its vision passes stay on the model thread, batched with the other clicks admitted with it:
+        encoding each click in its own thread measured no faster under 8 annotators (side by side: 71.5 against 70.3
+        regions/s) and took more CPU (1.38 against 1.28 cores).
         Batch requests are prepared by the scheduler's prepare-ahead thread, BULK_BATCH_MAX_SIZE regions ahead of
         the decode: all 200 regions' DAM-3B inputs at once would hold ~1 GB."""
         prepare = getattr(loaded.model, "prepare_regions", None)
         if kind != INTERACTIVE or not callable(prepare) or not self.scheduler.settings.continuous_batching:
             return [None] * len(masks)
         batch = prepare(image, masks, self._shared_view(image, loaded.model.config.vision.image_size))
-        return [(batch.pixel_values[i], batch.is_focal[i]) for i in range(len(masks))]
+        return prepared_rows(loaded.model, batch, encode=False)
 
     def _shared_view(self, image: np.ndarray, size: int) -> np.ndarray:
         """The image's full view at `size`, kept for the next click on it: the decoded-image cache (ls_io.media) hands

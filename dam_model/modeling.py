@@ -11,6 +11,7 @@ Training (forward) pads the spliced rows on the right, generation on the left; b
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -333,6 +334,16 @@ class DescribeAnythingModel(nn.Module):
             return None
         return self._traced(("step", tokens_per_call), lambda: LeanStep(self.llm, tokens_per_call))
 
+    def encode_prepared(self, pixel_values: torch.Tensor, is_focal: torch.Tensor, traced: bool = True) -> torch.Tensor:
+        """Visual tokens [K, T, H_llm] of `prepare_regions` rows: one traced call when every row is a focal crop
+        (and `traced`), else encode_images. Safe to call from several threads at once (request threads encode
+        clicks while the model thread decodes: dam_model/continuous.prepared_rows)."""
+        with torch.inference_mode():
+            pixels = pixel_values.to(self.device, self.dtype)
+            is_focal = torch.as_tensor(is_focal, dtype=torch.bool)
+            encoder = self.focal_encoder() if traced and bool(is_focal.all()) else None
+            return encoder(pixels) if encoder is not None else self.encode_images(pixels, is_focal)
+
     def focal_encoder(self) -> FocalEncoder | None:
         """encode_images of regions that are all focal crops as one traced call (None while training)."""
         return None if self.training else self._traced("focal", lambda: FocalEncoder(self))
@@ -340,9 +351,10 @@ class DescribeAnythingModel(nn.Module):
     def _traced(self, name, make):
         cache = self.__dict__.setdefault("_traced_parts", {})
         key = (name, self.device, self.dtype)
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
+        with self.__dict__.setdefault("_traced_lock", threading.Lock()):  # request threads encode too
+            if key not in cache:
+                cache[key] = make()
+            return cache[key]
 
     def stream(self, image, mask, *, query: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.5, seed: int | None = None) -> Iterator[str]:

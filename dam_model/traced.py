@@ -18,6 +18,7 @@ for anything else `unsupported_reason` says why and decoding goes through transf
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -216,14 +217,19 @@ class _FocalEncode(torch.nn.Module):
 
 
 class FocalEncoder:
-    """The traced `_FocalEncode` of one DescribeAnythingModel, traced at its first call."""
+    """The traced `_FocalEncode` of one DescribeAnythingModel, traced at its first call; callable from several
+    threads at once."""
 
     def __init__(self, model: Any) -> None:
         self.module = _FocalEncode(model).eval()
         self._traced = None
+        self._tracing = threading.Lock()  # request threads and the model thread may make the first call together
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._traced is None:
-            self._traced = _trace(self.module, (torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1).contiguous(),))
+            with self._tracing:
+                if self._traced is None:
+                    example = torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1).contiguous()
+                    self._traced = _trace(self.module, (example,))
         return self._traced(pixels)

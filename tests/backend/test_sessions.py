@@ -4,6 +4,7 @@ the session onto the new model; an unusable region fails only its request; a can
 from __future__ import annotations
 
 import threading
+import types
 import time
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ class Counting:
         self.model, self.steps, self.admitted, self.rows_per_step = model, 0, [], []
         self.rows_at_admit: list[int] = []
         self.ready = 0  # admitted regions whose inputs were made beforehand
+        self.encoded = 0  # ... and whose visual tokens this model made beforehand
 
     def caption_session(self, max_new_tokens: int):
         session = self.model.caption_session(max_new_tokens)
@@ -33,7 +35,9 @@ class Counting:
 
             def admit(self, regions, handles):
                 counter.admitted.append(len(regions))
-                counter.ready += sum(1 for region in regions if len(region) > 3 and region[3] is not None)
+                made = [region[3] for region in regions if len(region) > 3 and region[3] is not None]
+                counter.ready += len(made)
+                counter.encoded += sum(1 for m in made if getattr(m, "encoded_by", None) is counter.model)
                 counter.rows_at_admit.append(session.rows)
                 return session.admit(regions, handles)
 
@@ -54,6 +58,14 @@ class Preparing(Counting):
     def __init__(self, model) -> None:
         super().__init__(model)
         self.prepared_in: list[tuple[str, int]] = []
+
+        self.encoded_in: list[str] = []
+
+        def encode_prepared(inner, pixel_values, is_focal):  # bound to the real model: its tokens are its own
+            self.encoded_in.append(threading.current_thread().name)
+            return type(inner).encode_prepared(inner, pixel_values, is_focal)
+
+        self.encode_prepared = types.MethodType(encode_prepared, model)
 
     def prepare_regions(self, image, masks, shared_view=None):
         self.prepared_in.append((threading.current_thread().name, len(masks)))
@@ -186,4 +198,5 @@ def test_bulk_regions_are_prepared_ahead_off_the_model_thread(make_scheduler, tr
     with pytest.raises(ValueError, match="differs from image size"):  # its preparation failed: the session's did too
         bad.wait()
     assert model.prepared_in and {name for name, _ in model.prepared_in} == {"dam-prepare"}
-    assert model.ready >= 4  # at least one admission pause without preparation (the first batch has none made)
+    assert model.encoded_in and set(model.encoded_in) == {"dam-prepare"}  # the vision passes ran there too
+    assert model.encoded == model.ready >= 4  # at least one admission pause without preparation (the first batch has none made)

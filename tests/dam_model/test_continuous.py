@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from dam_model.continuous import PreparedRegion, prepared_rows
 from dam_model.synthetic import generate_dataset, iter_region_samples
 
 BRIEF = "<image>\nDescribe the masked region briefly."
@@ -62,3 +63,28 @@ def test_an_unusable_region_admits_nothing(trained_dam, regions):
     assert session.rows == 0
     with torch.inference_mode():
         assert session.step() == []
+
+
+def test_visual_tokens_made_ahead_are_used_only_when_this_model_made_them(trained_dam, regions):
+    """prepared_rows encodes in the caller's thread (the scheduler's prepare-ahead thread); the session uses those
+    tokens only when its own model made them, e.g. not after a promotion between preparation and admission."""
+    alone = [trained_dam.describe(image, [mask], max_new_tokens=30)[0].token_ids for image, mask in regions[:2]]
+    image, mask = regions[0]
+    batch = trained_dam.prepare_regions(image, [mask])
+    ahead = prepared_rows(trained_dam, batch)[0]
+    assert ahead.encoded_by is trained_dam and ahead.visual is not None
+    torch.testing.assert_close(ahead.visual, trained_dam.encode_prepared(batch.pixel_values, batch.is_focal)[0])
+    assert prepared_rows(trained_dam, batch, encode=False)[0].visual is None
+
+    def caption(prepared):
+        session = trained_dam.caption_session(30)
+        got = dict(session.admit([(image, mask, None, prepared)], ["row"]))
+        while session.rows:
+            got.update(session.step())
+        return got["row"].token_ids
+
+    blank = torch.zeros_like(ahead.visual)  # tokens nobody could caption the region from
+    assert caption(ahead) == alone[0]
+    assert caption(PreparedRegion(ahead.pixel_values, ahead.is_focal, blank, encoded_by=object())) == alone[0]
+    assert caption(PreparedRegion(ahead.pixel_values, ahead.is_focal, blank, encoded_by=trained_dam)) != alone[0]
+    assert caption((ahead.pixel_values, ahead.is_focal)) == alone[0]  # a bare prepare_regions row
