@@ -4,7 +4,8 @@ Why: a batched generate runs until its longest caption ends, so its short captio
 whole batch. On small models a decode step costs about the same for 1 or 16 rows (framework overhead dominates), and
 on a GPU a batch-1 step leaves most of the card idle: keeping the batch full is where the throughput is.
 
-`DecodeSession` (any causal LM with a transformers DynamicCache) holds one KV cache for the rows in flight:
+`DecodeSession` (any causal LM with a transformers DynamicCache; with the traced step of dam_model/traced.py, the
+cache is a dam_model/packed_rows.PackedRows) holds one KV cache for the rows in flight:
 - `admit(embeds, mask, handles)` prefills new rows (left-padded) in their own cache, takes their first token, and
   merges that cache into the session's: the shorter one is left-padded along the sequence axis, masked out, and the
   two are concatenated on the batch axis. Positions are per row, so nothing else changes.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from .generation import Caption, make_caption
+from .packed_rows import PackedRows
 from .traced import LeanStep
 from .prompt import IMAGE_TOKEN_ID
 
@@ -68,7 +70,8 @@ def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 
 class DecodeSession:
-    """Greedy decoding of a changing set of rows over one KV cache (see the module docstring)."""
+    """Greedy decoding of a changing set of rows over one KV cache (see the module docstring): a PackedRows with
+    the traced step (`lean`), a transformers DynamicCache with the LLM's own forward."""
 
     def __init__(self, llm, max_new_tokens: int, eos_token_id: int, lean: LeanStep | None = None) -> None:
         if max_new_tokens < 1:
@@ -78,7 +81,8 @@ class DecodeSession:
         self._reset()
 
     def _reset(self) -> None:
-        self.cache = None
+        self.packed: PackedRows | None = None  # the lean path's rows
+        self.cache = None  # the eager path's DynamicCache, with:
         self.mask: torch.Tensor | None = None  # [B, L] 1 = a real token
         self.next_position: torch.Tensor | None = None  # [B, 1]
         self.last: torch.Tensor | None = None  # [B] the token each row feeds next
@@ -90,6 +94,13 @@ class DecodeSession:
     def rows(self) -> int:
         return len(self.handles)
 
+    @property
+    def width(self) -> int:
+        """Cache columns in use (0 with no rows)."""
+        if self.packed is not None:
+            return self.packed.length
+        return 0 if self.mask is None else self.mask.shape[1]
+
     @torch.inference_mode()
     def admit(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               handles: Sequence[Hashable]) -> list[Finished]:
@@ -99,15 +110,16 @@ class DecodeSession:
 
         mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.long)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = kv = None
         if self.lean is not None and bool(mask.all()):  # rows of one prompt length: the traced prefill
-            tokens, logprobs, keys, values = self.lean.prefill(inputs_embeds)
-            for layer, (k, v) in enumerate(zip(keys, values)):
-                cache.update(k, v, layer)
+            tokens, logprobs, kv = self.lean.prefill(inputs_embeds)
         else:
+            cache = DynamicCache()
             out = self.llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
                            past_key_values=cache, use_cache=True, logits_to_keep=1)
             tokens, logprobs = self._choose(out.logits[:, -1, :])
+            if self.lean is not None:
+                kv = torch.stack([t for layer in cache.layers for t in (layer.keys, layer.values)])
         ids = [[t] for t in tokens.tolist()]
         sums = logprobs.tolist()
         done = [len(i) >= self.max_new_tokens or i[-1] == self.eos_token_id for i in ids]
@@ -116,9 +128,18 @@ class DecodeSession:
         if not keep:
             return finished
         index = torch.tensor(keep, device=mask.device)
-        if len(keep) < len(done):
-            cache.batch_select_indices(index)
-        self._merge(cache, mask[index], positions[index, -1:] + 1, tokens[index])
+        if self.lean is not None:
+            if len(keep) < len(done):
+                kv = kv.index_select(1, index)
+            joining = PackedRows(kv, mask[index], positions[index, -1:] + 1, tokens[index], self.lean.tokens_per_call)
+            if self.packed is None:
+                self.packed = joining
+            else:
+                self.packed.merge(joining)
+        else:
+            if len(keep) < len(done):
+                cache.batch_select_indices(index)
+            self._merge(cache, mask[index], positions[index, -1:] + 1, tokens[index])
         self.handles += [handles[r] for r in keep]
         self.ids += [ids[r] for r in keep]
         self.logprob_sums += [sums[r] for r in keep]
@@ -129,13 +150,8 @@ class DecodeSession:
         """One token for every row (tokens_per_call with the traced step); returns (and drops) the rows that ended."""
         if not self.rows:
             return []
-        if self.lean is not None:  # tokens_per_call tokens per row: [B, n]
-            layers = self.cache.layers
-            tokens, logprobs, self.mask, self.next_position, keys, values = self.lean(
-                self.last, self.next_position, self.mask, [layer.keys for layer in layers],
-                [layer.values for layer in layers])
-            for layer, k, v in zip(layers, keys, values):
-                layer.keys, layer.values = k, v
+        if self.packed is not None:  # tokens_per_call tokens per row
+            tokens, logprobs = self.packed.step(self.lean)
         else:
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
             # The 4D mask of one new token per row (it sees every real token of its row): given ready-made, because
@@ -145,10 +161,11 @@ class DecodeSession:
             out = self.llm(input_ids=self.last[:, None], attention_mask=allowed, position_ids=self.next_position,
                            past_key_values=self.cache, use_cache=True)
             self.next_position = self.next_position + 1
-            tokens, logprobs = (t[:, None] for t in self._choose(out.logits[:, -1, :]))
-        self.last = tokens[:, -1]
+            chosen, chosen_logprobs = self._choose(out.logits[:, -1, :])
+            self.last = chosen
+            tokens, logprobs = [[t] for t in chosen.tolist()], [[p] for p in chosen_logprobs.tolist()]
         ended = []
-        for row, (row_tokens, row_logprobs) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
+        for row, (row_tokens, row_logprobs) in enumerate(zip(tokens, logprobs)):
             ids = self.ids[row]
             for token, logprob in zip(row_tokens, row_logprobs):  # a row that ends keeps no token after its end
                 ids.append(token)
@@ -168,13 +185,16 @@ class DecodeSession:
         if not keep:
             self._reset()
             return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)
-        self.mask, self.next_position, self.last = self.mask[index], self.next_position[index], self.last[index]
+        if self.packed is not None:
+            self.packed.keep(keep)
+        else:
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.next_position, self.last = self.mask[index], self.next_position[index], self.last[index]
+            self._trim()
         self.handles = [self.handles[r] for r in keep]
         self.ids = [self.ids[r] for r in keep]
         self.logprob_sums = [self.logprob_sums[r] for r in keep]
-        self._trim()
 
     # ------------------------------------------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,11 +4,10 @@ Why: a decode step of the tiny model is ~60 small torch calls, each of which rel
 server, request threads run Python between those calls, so the decode thread waits for the GIL after nearly every op
 (up to the 5 ms switch interval each time): measured on 2 cores, a step took 3x longer under 8 annotators than alone,
 and beside a Python busy loop an eager session step ran 2 times a second against 1200 alone. A traced step hands the
-GIL over far fewer times (23 steps/s beside that loop, 2700 alone: python scripts/bench.py concurrent) and drops
-transformers' per-module overhead. Beside that loop it still takes ~45 ms a call whenever its input shapes differ from
-the previous call's (the cache grows by one column every step), against ~7 ms when the shapes repeat (alone: ~0.4 ms):
-the JIT's handling of new shapes hands the GIL over again and again. A preallocated cache of fixed length (written in
-place, bucketed) would keep the shapes; not built yet.
+GIL over far fewer times and drops transformers' per-module overhead. It still takes the GIL inside the call once
+for every tensor handed to it, and the caller's frees of the tensors it returns hand the GIL over once each (gdb on
+PyEval_SaveThread/RestoreThread: 16 per step of the tiny model with a cache tensor per layer in and out): the step
+therefore works on dam_model/packed_rows.PackedRows, three tensors it changes in place, and returns one of them.
 
 Same arithmetic as the eager paths: transformers' LlamaForCausalLM (4.57: RMSNorm and rotary embedding in float32,
 SDPA with an explicit mask or causal without padding, repeat_kv for grouped heads) and encode_images;
@@ -47,10 +46,10 @@ def unsupported_reason(llm: Any) -> str | None:
 
 
 class _Step(torch.nn.Module):
-    """forward(tokens [B], positions [B, 1], mask [B, L], keys, values) -> (greedy tokens [B, n], their
-    log-probabilities [B, n], mask [B, L+n], positions + n, keys, values): n = `steps` tokens per row, the first fed
-    `tokens` at `positions`; mask 1 = a real token; keys/values are tuples of per-layer caches
-    [B, kv_heads, L, head_dim], returned with L+n. Everything the steps do is in here: one call from Python."""
+    """forward(state, kv, out) -> out, every tensor changed in place (see PackedRows for the layouts): `steps`
+    greedy tokens for every row, the first fed the row's last token at its next position; each writes its keys and
+    values into the cache column `state[:, 2]` and attends to the columns its row's mask marks. Everything the steps
+    do is in here: one call from Python."""
 
     def __init__(self, llm: Any, steps: int = 1) -> None:
         super().__init__()
@@ -86,36 +85,29 @@ class _Step(torch.nn.Module):
         return ((angles.cos() * self.attention_scaling).to(dtype)[:, None],
                 (angles.sin() * self.attention_scaling).to(dtype)[:, None])
 
-    def layers_forward(self, hidden, cos, sin, keys, values, allowed):
-        """hidden [B, T, H] through every decoder layer, appending to the caches; allowed: a [B, 1, T, L+T] bool
-        mask, or None for causal attention over the T tokens alone (prefill without padding)."""
+    def attend(self, layer: Any, hidden: torch.Tensor, cos, sin, cache) -> tuple[torch.Tensor, Any]:
+        """One decoder layer over hidden [B, T, H]. cache(k, v) -> (keys, values, mask or None) stores the new keys
+        and values and hands back what the T tokens attend to (None: causal over the T tokens alone)."""
         rows, length = hidden.shape[0], hidden.shape[1]
-        new_keys, new_values = [], []
-        for layer, past_k, past_v in zip(self.layers, keys, values):
-            attn = layer.self_attn
-            x = self._rms(layer.input_layernorm, hidden)
-            q = attn.q_proj(x).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + self._rotate_half(q) * sin
-            k = k * cos + self._rotate_half(k) * sin
-            k = torch.cat((past_k, k), dim=-2)
-            v = torch.cat((past_v, v), dim=-2)
-            new_keys.append(k)
-            new_values.append(v)
-            if self.groups > 1:
-                k = k.repeat_interleave(self.groups, dim=1)
-                v = v.repeat_interleave(self.groups, dim=1)
-            if allowed is None:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)
-            out = attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
-            hidden = hidden + out
-            x = self._rms(layer.post_attention_layernorm, hidden)
-            mlp = layer.mlp
-            hidden = hidden + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
-        return hidden, tuple(new_keys), tuple(new_values)
+        attn = layer.self_attn
+        x = self._rms(layer.input_layernorm, hidden)
+        q = attn.q_proj(x).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + self._rotate_half(q) * sin
+        k = k * cos + self._rotate_half(k) * sin
+        keys, values, allowed = cache(k, v)
+        if self.groups > 1:
+            keys = keys.repeat_interleave(self.groups, dim=1)
+            values = values.repeat_interleave(self.groups, dim=1)
+        if allowed is None:
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=attn.scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=attn.scaling)
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
+        x = self._rms(layer.post_attention_layernorm, hidden)
+        mlp = layer.mlp
+        return hidden + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)), (k, v)
 
     def choose(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy token and its log-probability from the last position of hidden [B, T, H]."""
@@ -123,24 +115,35 @@ class _Step(torch.nn.Module):
         chosen = torch.argmax(logits, dim=-1)
         return chosen, torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
 
-    def forward(self, tokens, positions, mask, keys, values):
-        chosen, logprobs = [], []
-        for _ in range(self.steps):  # unrolled by the trace
-            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-            allowed = mask.bool()[:, None, None, :]  # the new token sees every real token of its row
-            hidden = self.embed(tokens[:, None])  # [B, 1, H]
-            cos, sin = self.rotary(positions, hidden.dtype)
-            hidden, keys, values = self.layers_forward(hidden, cos, sin, keys, values, allowed)
-            tokens, logprob = self.choose(hidden)
-            chosen.append(tokens)
-            logprobs.append(logprob)
-            positions = positions + 1
-        return torch.stack(chosen, 1), torch.stack(logprobs, 1), mask, positions, keys, values
+    def forward(self, state, kv, out):
+        for step in range(self.steps):  # unrolled by the trace
+            column = state[:1, 2]  # [1]: where this token's keys and values go, the same for every row
+            mask = state[:, 3:]
+            mask.index_fill_(1, column, 1)  # the new token sees every real token of its row, itself included
+            allowed = mask.bool()[:, None, None, :]
+            hidden = self.embed(state[:, :1])  # [B, 1, H]
+            cos, sin = self.rotary(state[:, 1:2], hidden.dtype)
+            for index, layer in enumerate(self.layers):
+                keys, values = kv[2 * index], kv[2 * index + 1]
+
+                def cache(k, v, keys=keys, values=values):
+                    keys.index_copy_(2, column, k)
+                    values.index_copy_(2, column, v)
+                    return keys, values, allowed
+
+                hidden, _ = self.attend(layer, hidden, cos, sin, cache)
+            chosen, logprob = self.choose(hidden)
+            state[:, 0].copy_(chosen)
+            state[:, 1:3].add_(1)
+            out[:, step].copy_(chosen)
+            out[:, self.steps + step].copy_(logprob)
+        return out
 
 
 class _Prefill(torch.nn.Module):
-    """forward(inputs_embeds [B, T, H]) -> (greedy tokens [B], log-probabilities [B], keys, values): the prompt of
-    rows without padding (all T tokens real), positions 0..T-1, causal attention."""
+    """forward(inputs_embeds [B, T, H]) -> (greedy tokens [B], log-probabilities [B], keys and values
+    [2 * layers, B, kv_heads, T, head_dim]: layer i's keys at 2i, its values at 2i + 1): the prompt of rows without
+    padding (all T tokens real), positions 0..T-1, causal attention."""
 
     def __init__(self, step: _Step) -> None:
         super().__init__()
@@ -150,16 +153,17 @@ class _Prefill(torch.nn.Module):
         rows, length = embeds.shape[0], embeds.shape[1]
         positions = torch.arange(length, device=embeds.device)[None, :].expand(rows, length)
         cos, sin = self.step.rotary(positions, embeds.dtype)
-        empty = embeds.new_zeros(rows, self.step.kv_heads, 0, self.step.head_dim)
-        caches = tuple(empty for _ in self.step.layers)
-        hidden, keys, values = self.step.layers_forward(embeds, cos, sin, caches, caches, None)
+        hidden, made = embeds, []
+        for layer in self.step.layers:
+            hidden, (k, v) = self.step.attend(layer, hidden, cos, sin, lambda k, v: (k, v, None))
+            made += [k, v]
         chosen, logprobs = self.step.choose(hidden)
-        return chosen, logprobs, keys, values
+        return chosen, logprobs, torch.stack(made)
 
 
 class LeanStep:
-    """The traced step and prefill of one LLM (see the module docstring); call it like `_Step.forward`, and
-    `prefill` like `_Prefill.forward`."""
+    """The traced step and prefill of one LLM (see the module docstring); call it like `_Step.forward` on a
+    dam_model.continuous.PackedRows' tensors, and `prefill` like `_Prefill.forward`."""
 
     def __init__(self, llm: Any, tokens_per_call: int = 1) -> None:
         if tokens_per_call < 1:
@@ -168,28 +172,36 @@ class LeanStep:
         self.module = _Step(llm, tokens_per_call).eval()
         self._traced = None
         self._prefill = None
+        self._tracing = threading.Lock()
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor):
         if self._prefill is None:
-            example = embeds.new_zeros(2, 3, embeds.shape[-1])
-            self._prefill = _trace(_Prefill(self.module).eval(), (example,))
+            with self._tracing:
+                if self._prefill is None:
+                    example = embeds.new_zeros(2, 3, embeds.shape[-1])
+                    self._prefill = _trace(_Prefill(self.module).eval(), (example,))
         return self._prefill(embeds)
 
     @torch.inference_mode()
-    def __call__(self, tokens, positions, mask, keys, values):
+    def __call__(self, state: torch.Tensor, kv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self._traced is None:
-            # Traced on two rows and a 3-token cache: shapes are symbolic in the trace (tests run other sizes).
-            self._traced = _trace(self.module, _example_inputs(self.module, tokens.device, keys[0].dtype))
-        return self._traced(tokens, positions, mask, tuple(keys), tuple(values))
+            with self._tracing:
+                if self._traced is None:
+                    self._traced = _trace(self.module, _example_inputs(state, kv, out))
+        return self._traced(state, kv, out)
 
 
-def _example_inputs(module: _Step, device: torch.device, dtype: torch.dtype) -> tuple:
+def _example_inputs(state: torch.Tensor, kv: torch.Tensor, out: torch.Tensor) -> tuple:
+    """Two rows, 3 tokens written into a cache with room for one call (tracing runs the step, which writes into its
+    inputs): sizes are symbolic in the trace, tests run others."""
     rows, length = 2, 3
-    cache = [torch.zeros(rows, module.kv_heads, length, module.head_dim, device=device, dtype=dtype)
-             for _ in module.layers]
-    return (torch.zeros(rows, dtype=torch.long, device=device), torch.full((rows, 1), length, device=device),
-            torch.ones(rows, length, dtype=torch.long, device=device), tuple(cache), tuple(cache))
+    capacity = length + out.shape[1] // 2
+    example_state = state.new_zeros(rows, 3 + capacity)
+    example_state[:, 1:3] = length
+    example_state[:, 3:3 + length] = 1
+    example_kv = kv.new_zeros(kv.shape[0], rows, kv.shape[2], capacity, kv.shape[4])
+    return example_state, example_kv, out.new_zeros(rows, out.shape[1])
 
 
 def _trace(module: torch.nn.Module, example: tuple) -> Any:

@@ -35,7 +35,7 @@ def test_rows_joining_at_random_steps_decode_as_alone(trained_dam, regions, max_
         if joining:
             got.update(session.admit([(*regions[i], query_of(i, trained_dam)) for i in joining], joining))
         got.update(session.step())
-        widths.append(0 if session.decoder.mask is None else session.decoder.mask.shape[1])
+        widths.append(session.decoder.width)
     assert [got[i].token_ids for i in range(len(regions))] == [c.token_ids for c in alone]
     assert [got[i].text for i in range(len(regions))] == [c.text for c in alone]
     assert [round(got[i].confidence, 4) for i in range(len(regions))] == [round(c.confidence, 4) for c in alone]

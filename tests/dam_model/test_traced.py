@@ -12,6 +12,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from dam_model.generation import decode_text
 from dam_model.synthetic import generate_dataset, iter_region_samples
 from dam_model.tokenizer import load_tokenizer
+from dam_model.packed_rows import PackedRows
 from dam_model.traced import LeanStep, unsupported_reason
 
 LLAMAS = {
@@ -45,23 +46,26 @@ def eager_prefill(llm, embeds, mask):
 def test_step_and_prefill_match_transformers(name):
     llm = tiny_llama(**LLAMAS[name])
     assert unsupported_reason(llm) is None
+    capacities = set()
     for per_call in (1, 3):
         lean = LeanStep(llm, tokens_per_call=per_call)
-        for rows, length in [(1, 5), (3, 9), (6, 2)]:  # traced on 2 rows and 3 tokens: other shapes must hold
+        for rows, length in [(1, 5), (3, 9), (6, 31)]:  # traced on 2 rows and 3 tokens: other shapes must hold
             embeds = torch.randn(rows, length, llm.config.hidden_size)
             mask = torch.ones(rows, length, dtype=torch.long)
             logits, cache, position = eager_prefill(llm, embeds, mask)
-            tokens, logprobs, keys, values = lean.prefill(embeds)
+            tokens, logprobs, kv = lean.prefill(embeds)
             assert torch.equal(tokens, logits.argmax(-1))
             torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0])
-            for layer, k, v in zip(cache.layers, keys, values):
-                torch.testing.assert_close(k, layer.keys)
-                torch.testing.assert_close(v, layer.values)
+            for layer, (k, v) in enumerate(zip(kv[0::2], kv[1::2])):
+                torch.testing.assert_close(k, cache.layers[layer].keys)
+                torch.testing.assert_close(v, cache.layers[layer].values)
             mask[0, :1] = 0  # the left padding a session holds once rows of other lengths joined
-            last = tokens
-            for _ in range(2):
-                before = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
-                got_tokens, got_logprobs, got_mask, got_position, keys, values = lean(last, position, mask, *before)
+            packed, last = PackedRows(kv, mask, position, tokens, per_call), tokens
+            out = packed.out.clone()  # the call writes into its inputs and hands back `out` itself: no new tensor
+            assert lean(packed.state.clone(), packed.kv.clone(), out) is out
+            for _ in range(2):  # one token at a time, (6, 31) fills its block of cache columns: a new block
+                capacities.add(packed.kv.shape[3])
+                got_tokens, got_logprobs = packed.step(lean)
                 want_tokens, want_logprobs = [], []
                 for _ in range(per_call):  # transformers, one token at a time
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
@@ -70,12 +74,15 @@ def test_step_and_prefill_match_transformers(name):
                     last, position = want.argmax(-1), position + 1
                     want_tokens.append(last)
                     want_logprobs.append(torch.log_softmax(want, -1).gather(1, last[:, None])[:, 0])
-                assert torch.equal(got_tokens, torch.stack(want_tokens, 1))
-                torch.testing.assert_close(got_logprobs, torch.stack(want_logprobs, 1))
-                assert torch.equal(got_mask, mask) and torch.equal(got_position, position)
-                for layer, k, v in zip(cache.layers, keys, values):
-                    torch.testing.assert_close(k, layer.keys)
-                    torch.testing.assert_close(v, layer.values)
+                assert got_tokens == torch.stack(want_tokens, 1).tolist()
+                torch.testing.assert_close(torch.tensor(got_logprobs, dtype=torch.float32),
+                                           torch.stack(want_logprobs, 1))
+                assert torch.equal(packed.mask, mask) and torch.equal(packed.state[:, 1:2], position)
+                for layer, (k, v) in enumerate(zip(packed.kv[0::2], packed.kv[1::2])):
+                    torch.testing.assert_close(k[:, :, :packed.length], cache.layers[layer].keys)
+                    torch.testing.assert_close(v[:, :, :packed.length], cache.layers[layer].values)
+                    assert not k[:, :, packed.length:].any()  # free columns stay empty
+    assert len(capacities) > 1
 
 
 def test_unsupported_llms_say_why():
