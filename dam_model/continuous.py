@@ -49,8 +49,8 @@ class PreparedRegion:
 
 def prepared_rows(model: Any, batch: Any, encode: bool = True) -> list[PreparedRegion]:
     """The rows of a `prepare_regions` batch as PreparedRegions, encoded by `model.encode_prepared` when it has one
-    and `encode`. Why encode ahead: on a 2-core CPU server the vision passes of a click then run in its request
-    thread on the other core, beside the decode, instead of on the model thread between two decode steps."""
+    and `encode`. Why encode ahead: the vision passes then run beside the decode (the server's prepare-ahead thread
+    does it for the next bulk regions) instead of on the model thread between two decode steps."""
     encode_prepared = getattr(model, "encode_prepared", None) if encode else None
     if not callable(encode_prepared):
         return [PreparedRegion(batch.pixel_values[i], batch.is_focal[i]) for i in range(len(batch.pixel_values))]
