@@ -9,8 +9,9 @@
 Why packed: every tensor handed to a traced call takes the GIL again inside the call (the interpreter's reference
 to a tensor that Python also holds is dropped under the GIL), and every tensor Python frees releases the GIL and
 takes it back (torch's THPVariable_clear). Each of those waits for a request thread to let go of the GIL. With one
-cache tensor per layer in and out, a step of the 2-layer tiny model did 16 of them (DAM-3B's 28 layers: ~120);
-packed, a step does 4 (the call and its three tensors), and the step returns `out` itself, no new tensor.
+cache tensor per layer in and out, a step of the 2-layer tiny model released the GIL 16 times (DAM-3B's 28 layers:
+~120); packed, 3 times (gdb on PyEval_SaveThread: 30 over 10 steps), and the step returns `out` itself, no new
+tensor.
 Columns come in blocks of CACHE_BLOCK, so a new block (a copy) is rare.
 """
 from __future__ import annotations
