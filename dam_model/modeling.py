@@ -336,8 +336,8 @@ class DescribeAnythingModel(nn.Module):
 
     def encode_prepared(self, pixel_values: torch.Tensor, is_focal: torch.Tensor, traced: bool = True) -> torch.Tensor:
         """Visual tokens [K, T, H_llm] of `prepare_regions` rows: one traced call when every row is a focal crop
-        (and `traced`), else encode_images. Safe to call from several threads at once (request threads encode
-        clicks while the model thread decodes: dam_model/continuous.prepared_rows)."""
+        (and `traced`), else encode_images. Safe to call from several threads at once (the server's prepare-ahead
+        thread encodes bulk regions while the model thread decodes: dam_model/continuous.prepared_rows)."""
         with torch.inference_mode():
             pixels = pixel_values.to(self.device, self.dtype)
             is_focal = torch.as_tensor(is_focal, dtype=torch.bool)
@@ -351,7 +351,7 @@ class DescribeAnythingModel(nn.Module):
     def _traced(self, name, make):
         cache = self.__dict__.setdefault("_traced_parts", {})
         key = (name, self.device, self.dtype)
-        with self.__dict__.setdefault("_traced_lock", threading.Lock()):  # request threads encode too
+        with self.__dict__.setdefault("_traced_lock", threading.Lock()):  # the prepare-ahead thread encodes too
             if key not in cache:
                 cache[key] = make()
             return cache[key]

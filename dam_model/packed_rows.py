@@ -65,7 +65,7 @@ class PackedRows:
         length = max(self.length, other.length)
         capacity = _blocks(length + self.n)
         ours, rows = self.rows, self.rows + other.rows
-        kv = self.kv.new_zeros(*self.kv.shape[:1], rows, self.kv.shape[2], capacity, self.kv.shape[4])
+        kv = self.kv.new_zeros(self.kv.shape[0], rows, self.kv.shape[2], capacity, self.kv.shape[4])
         state = self.state.new_zeros(rows, 3 + capacity)
         for part, at in ((self, slice(0, ours)), (other, slice(ours, rows))):
             start = length - part.length

@@ -163,33 +163,23 @@ class _Prefill(torch.nn.Module):
 
 class LeanStep:
     """The traced step and prefill of one LLM (see the module docstring); call it like `_Step.forward` on a
-    dam_model.continuous.PackedRows' tensors, and `prefill` like `_Prefill.forward`."""
+    dam_model.packed_rows.PackedRows' tensors, and `prefill` like `_Prefill.forward`."""
 
     def __init__(self, llm: Any, tokens_per_call: int = 1) -> None:
         if tokens_per_call < 1:
             raise ValueError(f"tokens_per_call must be >= 1, got {tokens_per_call}")
         self.tokens_per_call = tokens_per_call
         self.module = _Step(llm, tokens_per_call).eval()
-        self._traced = None
-        self._prefill = None
-        self._tracing = threading.Lock()
+        self._step = _TracedOnce(self.module, _example_inputs)
+        self._prefill = _TracedOnce(_Prefill(self.module), lambda embeds: (embeds.new_zeros(2, 3, embeds.shape[-1]),))
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor):
-        if self._prefill is None:
-            with self._tracing:
-                if self._prefill is None:
-                    example = embeds.new_zeros(2, 3, embeds.shape[-1])
-                    self._prefill = _trace(_Prefill(self.module).eval(), (example,))
         return self._prefill(embeds)
 
     @torch.inference_mode()
     def __call__(self, state: torch.Tensor, kv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self._traced is None:
-            with self._tracing:
-                if self._traced is None:
-                    self._traced = _trace(self.module, _example_inputs(state, kv, out))
-        return self._traced(state, kv, out)
+        return self._step(state, kv, out)
 
 
 def _example_inputs(state: torch.Tensor, kv: torch.Tensor, out: torch.Tensor) -> tuple:
@@ -204,10 +194,23 @@ def _example_inputs(state: torch.Tensor, kv: torch.Tensor, out: torch.Tensor) ->
     return example_state, example_kv, out.new_zeros(rows, out.shape[1])
 
 
-def _trace(module: torch.nn.Module, example: tuple) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice and tracer warnings
-        return torch.jit.trace(module, example, check_trace=False)
+class _TracedOnce:
+    """`module` traced at its first call, on example(*inputs) (inputs of other sizes than the caller's: sizes stay
+    symbolic in the trace), once whichever of several threads makes that call."""
+
+    def __init__(self, module: torch.nn.Module, example) -> None:
+        self.module, self.example = module.eval(), example
+        self._traced = None
+        self._tracing = threading.Lock()  # request threads, the prepare-ahead thread and the model thread
+
+    def __call__(self, *inputs):
+        if self._traced is None:
+            with self._tracing:
+                if self._traced is None:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice and tracer warnings
+                        self._traced = torch.jit.trace(self.module, self.example(*inputs), check_trace=False)
+        return self._traced(*inputs)
 
 
 class _FocalEncode(torch.nn.Module):
@@ -233,15 +236,9 @@ class FocalEncoder:
     threads at once."""
 
     def __init__(self, model: Any) -> None:
-        self.module = _FocalEncode(model).eval()
-        self._traced = None
-        self._tracing = threading.Lock()  # request threads and the model thread may make the first call together
+        self._encode = _TracedOnce(_FocalEncode(model), lambda pixels: (
+            torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1).contiguous(),))
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self._traced is None:
-            with self._tracing:
-                if self._traced is None:
-                    example = torch.zeros_like(pixels[:1]).expand(2, -1, -1, -1).contiguous()
-                    self._traced = _trace(self.module, (example,))
-        return self._traced(pixels)
+        return self._encode(pixels)
