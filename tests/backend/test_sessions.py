@@ -58,7 +58,6 @@ class Preparing(Counting):
     def __init__(self, model) -> None:
         super().__init__(model)
         self.prepared_in: list[tuple[str, int]] = []
-
         self.encoded_in: list[str] = []
 
         def encode_prepared(inner, pixel_values, is_focal):  # bound to the real model: its tokens are its own
