@@ -299,15 +299,19 @@ def build(profile: Profile, out: Path | None = None, force: bool = False, progre
     """Build the tiny model for `profile` (or reuse the cached one); returns the model folder.
 
     progress: "bar" | "lines" | "off" (dam_tools.progress) for the scenes, the training steps and the evaluation."""
-    torch.set_num_threads(2)
     key = cache_key(profile)
     target = out if out is not None else cache_root() / key
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Two processes building the same key (two test sessions, a test run beside the demo) would share the work
-    # folder and delete it under each other: the second waits here, then finds the first one's build cached.
-    with open(target.parent / f".lock-{target.name}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(profile, key, target, out, force, progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # builds train at 2 threads; the caller's own setting comes back after (a cache hit too)
+    try:
+        # Two processes building the same key (two test sessions, a test run beside the demo) would share the work
+        # folder and delete it under each other: the second waits here, then finds the first one's build cached.
+        with open(target.parent / f".lock-{target.name}", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _build_locked(profile, key, target, out, force, progress)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _build_locked(profile: Profile, key: str, target: Path, out: Path | None, force: bool, progress: str) -> Path:

@@ -35,6 +35,23 @@ def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
     assert link.is_symlink() and link.resolve() == target.resolve()
 
 
+def test_a_build_leaves_the_callers_torch_threads_as_they_were(tmp_path, monkeypatch):
+    """Builds train at 2 threads; a server or a bench that set 1 thread keeps it after asking for the tiny model."""
+    import torch
+
+    monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path))
+    target = tmp_path / "tiny-dam" / btm.cache_key(btm.PROFILES["ci"])
+    (target / "model").mkdir(parents=True)
+    (target / "build.json").write_text(json.dumps({"cache_key": target.name}))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        btm.build(btm.PROFILES["ci"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_unknown_profile_is_rejected():
     with pytest.raises(SystemExit):
         btm.main(["--profile", "huge"])
