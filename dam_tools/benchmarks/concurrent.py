@@ -11,8 +11,10 @@ smart keypoint -> region-grow mask -> one caption, on 8 synthetic scenes served 
    predictions" sends it) over the idle interactive p95 (the 1-client clicks); goal <= 2.
 Before the server starts it prints the decode waste that generation's compaction removes (tiny model, 8 regions
 with mixed caption lengths), decode steps/s through transformers' forward vs the traced step (dam_model/traced.py),
-alone and beside a Python thread (what request threads do to the decode thread), and the region-grow segmenter's
-time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch
+alone, beside a Python thread (what request threads do to the decode thread) and beside a busy process (what the
+machine's other core does to it), how much work this machine's two cores do together over one, the scheduler and
+model alone in this process (no HTTP: the ratio the model thread allows however cheap the request path becomes), and
+the region-grow segmenter's time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch
 thread). With continuous batching it also prints how many rows the 8 clients' decode steps held on average
 (/metrics dam_backend_decode_rows).
 
@@ -25,6 +27,8 @@ import copy
 import json
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +39,10 @@ import requests
 import torch
 from PIL import Image
 
+from backend.batching import Region, Scheduler
+from backend.batching_types import BatchingSettings, Generation
 from ls_io.rle import encode_rle
+from dam_model.continuous import prepared_rows
 from dam_model.focal import preprocess_regions
 from dam_model.generation import DecodeStats, GenerationSettings, generate
 from dam_model.modeling import DescribeAnythingModel
@@ -93,7 +100,8 @@ def decode_waste(model: DescribeAnythingModel, scenes) -> None:
 
 def traced_vs_eager(model: DescribeAnythingModel, scenes) -> None:
     """Decode steps of a caption session through transformers' forward vs the traced step (dam_model/traced.py),
-    alone and beside a thread running Python (a request thread's share of the GIL), interleaved, best of 3."""
+    alone, beside a thread running Python (a request thread's share of the GIL) and beside a busy process (the other
+    core taken, no GIL shared); interleaved, best of 3."""
     objects = [(scene.image, obj.mask) for scene in scenes for obj in scene.objects][:8]
     stop = threading.Event()
 
@@ -115,23 +123,97 @@ def traced_vs_eager(model: DescribeAnythingModel, scenes) -> None:
         return count / spent
 
     figures = {}
-    for beside in (False, True):
-        worker = threading.Thread(target=python_work) if beside else None
-        if worker:
-            stop.clear()
-            worker.start()
-        for _ in range(3):
+    for _ in range(3):  # interleaved: the machine's speed drifts
+        for beside in ("alone", "beside a Python thread", "beside a busy process"):
+            worker = threading.Thread(target=python_work) if beside == "beside a Python thread" else None
+            if worker:
+                stop.clear()
+                worker.start()
+            # another process keeps the other core busy: no GIL shared, only the machine
+            burner = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      if beside == "beside a busy process" else None)
             for lean in (False, True):
                 for rows in (1, 8):
-                    key = (beside, lean, rows)
-                    figures[key] = max(figures.get(key, 0.0), steps_per_s(lean, rows))
-        if worker:
-            stop.set()
-            worker.join()
-    for beside in (False, True):
-        where = "beside a Python thread" if beside else "alone"
-        print(f"decode steps/s {where}: 1 row {figures[beside, False, 1]:.0f} eager -> {figures[beside, True, 1]:.0f} "
+                    if lean or beside != "beside a busy process":
+                        key = (beside, lean, rows)
+                        figures[key] = max(figures.get(key, 0.0), steps_per_s(lean, rows))
+            if worker:
+                stop.set()
+                worker.join()
+            if burner:
+                burner.kill()
+                burner.wait()
+    for beside in ("alone", "beside a Python thread"):
+        print(f"decode steps/s {beside}: 1 row {figures[beside, False, 1]:.0f} eager -> {figures[beside, True, 1]:.0f} "
               f"traced; 8 rows {figures[beside, False, 8]:.0f} -> {figures[beside, True, 8]:.0f}", flush=True)
+    alone, busy = figures["alone", True, 8], figures["beside a busy process", True, 8]
+    print(f"decode steps/s beside a busy process (the other core runs a Python loop in its own process): 8 rows "
+          f"traced {busy:.0f}, {busy / alone:.2f}x alone", flush=True)
+
+
+def two_cores_scaling(rounds: int = 3) -> float:
+    """Work done by two processes at once over one alone (the same CPU-bound loop, 1 s each; median of `rounds`).
+    2.0 means two independent cores; a figure near 1 means the two cores share one core's resources."""
+    code = ("import time\nend, n = time.perf_counter() + 1.0, 0\n"
+            "while time.perf_counter() < end:\n    sum(range(1000)); n += 1\nprint(n)")
+
+    def run_at_once(count: int) -> int:
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+        return sum(int(proc.communicate()[0]) for proc in procs)
+
+    return statistics.median(run_at_once(2) / run_at_once(1) for _ in range(rounds))
+
+
+def scheduler_alone(model: DescribeAnythingModel, scenes, rounds: int) -> tuple[float, float]:
+    """Regions/s of the server's scheduler and model in this process, without HTTP or the request path: 1 vs CLIENTS
+    threads, each making a click's model inputs (`prepare_regions`, as a request thread does) and submitting it.
+    What the model thread can do for 8 annotators however cheap the rest of a request becomes."""
+    regions = []
+    for scene in scenes:
+        image = scene.image.copy()
+        image.flags.writeable = False
+        regions += [(image, obj.mask) for obj in scene.objects]
+
+    class Served:  # what the model store hands the scheduler
+        version, lock = "bench", None
+
+    Served.model = model
+    scheduler = Scheduler(lambda: Served, BatchingSettings())
+    generation = Generation(max_new_tokens=256)
+
+    def click(i: int) -> None:
+        image, mask = regions[i % len(regions)]
+        prepared = prepared_rows(model, model.prepare_regions(image, [mask]), encode=False)[0]
+        scheduler.caption([Region(image, mask, None, prepared)], generation=generation)
+
+    def phase(threads: int, per_thread: int) -> float:
+        barrier = threading.Barrier(threads + 1)
+
+        def submitter(k: int) -> None:
+            barrier.wait()
+            for i in range(per_thread):
+                click(k * per_thread + i)
+
+        workers = [threading.Thread(target=submitter, args=(k,)) for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return threads * per_thread / (time.perf_counter() - start)
+
+    try:
+        for i in range(8):
+            click(i)
+        single, many = [], []
+        for _ in range(rounds):
+            single.append(phase(1, 2 * CLICKS_PER_ROUND))
+            many.append(phase(CLIENTS, 2 * CLICKS_PER_ROUND // CLIENTS))
+    finally:
+        scheduler.close()
+    return statistics.median(single), statistics.median(many)
 
 
 def region_grow_ms(scenes) -> float:
@@ -267,6 +349,13 @@ def run(args) -> float:
     torch.set_num_threads(1)  # as the server (TORCH_NUM_THREADS=1 in the local stack)
     traced_vs_eager(model, scenes)
     torch.set_num_threads(threads)
+    print(f"this machine's cores: two processes running the same Python loop do {two_cores_scaling():.2f}x the work "
+          "of one (2.00 = two independent cores)", flush=True)
+    torch.set_num_threads(1)
+    alone_1, alone_8 = scheduler_alone(model, scenes, rounds)
+    torch.set_num_threads(threads)
+    print(f"scheduler + model alone (in this process, no HTTP; each thread makes its clicks' inputs): 1 thread "
+          f"{alone_1:.1f} regions/s, {CLIENTS} threads {alone_8:.1f} regions/s -> {alone_8 / alone_1:.2f}x", flush=True)
     height, width = scenes[0].image.shape[:2]
     print(f"region-grow segmenter: {region_grow_ms(scenes):.1f} ms per click at {width}x{height} (best of 5)", flush=True)
     captured = json.loads(CAPTURED.read_text())["body"]
