@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import requests
@@ -188,21 +189,11 @@ def scheduler_alone(model: DescribeAnythingModel, scenes, rounds: int) -> tuple[
         scheduler.caption([Region(image, mask, None, prepared)], generation=generation)
 
     def phase(threads: int, per_thread: int) -> float:
-        barrier = threading.Barrier(threads + 1)
-
         def submitter(k: int) -> None:
-            barrier.wait()
             for i in range(per_thread):
                 click(k * per_thread + i)
 
-        workers = [threading.Thread(target=submitter, args=(k,)) for k in range(threads)]
-        for worker in workers:
-            worker.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for worker in workers:
-            worker.join()
-        return threads * per_thread / (time.perf_counter() - start)
+        return threads * per_thread / run_together(submitter, threads)
 
     try:
         for i in range(8):
@@ -286,33 +277,44 @@ class Client:
         return elapsed
 
 
+def run_together(work: Callable[..., None], threads: int, setup: Callable[[int], Any] | None = None) -> float:
+    """Seconds for `threads` threads to run work(k) (or work(k, setup(k)), set up before the clock starts), all
+    released at once; the first error of a thread is raised."""
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def thread_main(k: int) -> None:
+        args = (k,) if setup is None else (k, setup(k))
+        barrier.wait()
+        try:
+            work(*args)
+        except BaseException as error:  # noqa: BLE001 - raised in the caller below
+            errors.append(error)
+
+    workers = [threading.Thread(target=thread_main, args=(k,)) for k in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {threads} threads failed: {errors[0]}") from errors[0]
+    return time.perf_counter() - start
+
+
 def clients_phase(url: str, bodies: list[dict], clients: int, per_client: int) -> tuple[float, list[float]]:
     """`clients` threads each send `per_client` clicks back to back; (regions/s, latencies)."""
     latencies: list[float] = []
-    errors: list[BaseException] = []
-    lock, barrier = threading.Lock(), threading.Barrier(clients + 1)
+    lock = threading.Lock()
 
-    def annotator(k: int) -> None:
-        client = Client(url)
-        barrier.wait()
-        try:
-            for i in range(per_client):
-                seconds = client.post(bodies[(k * per_client + i) % len(bodies)], expect_regions=1)
-                with lock:
-                    latencies.append(seconds)
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+    def annotator(k: int, client: Client) -> None:
+        for i in range(per_client):
+            seconds = client.post(bodies[(k * per_client + i) % len(bodies)], expect_regions=1)
+            with lock:
+                latencies.append(seconds)
 
-    threads = [threading.Thread(target=annotator, args=(k,)) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
+    wall = run_together(annotator, clients, setup=lambda k: Client(url))  # raises the first client's error
     return len(latencies) / wall, latencies
 
 
