@@ -3,6 +3,7 @@ steps and get the captions they get alone; a click joins a running bulk decode a
 the session onto the new model; an unusable region fails only its request; a cancelled request leaves the decode."""
 from __future__ import annotations
 
+import os
 import threading
 import types
 import time
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backend.batching import BATCH, BatchingSettings, Generation, Region, Scheduler
+from backend.batching import BATCH, PREPARE_NICENESS, BatchingSettings, Generation, Region, Scheduler
 
 GEN = Generation(max_new_tokens=40)
 
@@ -58,6 +59,7 @@ class Preparing(Counting):
     def __init__(self, model) -> None:
         super().__init__(model)
         self.prepared_in: list[tuple[str, int]] = []
+        self.niceness: list[int] = []  # of the thread of each prepare_regions call
         self.encoded_in: list[str] = []
 
         def encode_prepared(inner, pixel_values, is_focal):  # bound to the real model: its tokens are its own
@@ -68,6 +70,7 @@ class Preparing(Counting):
 
     def prepare_regions(self, image, masks, shared_view=None):
         self.prepared_in.append((threading.current_thread().name, len(masks)))
+        self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return self.model.prepare_regions(image, masks, shared_view)
 
 
@@ -199,3 +202,6 @@ def test_bulk_regions_are_prepared_ahead_off_the_model_thread(make_scheduler, tr
     assert model.prepared_in and {name for name, _ in model.prepared_in} == {"dam-prepare"}
     assert model.encoded_in and set(model.encoded_in) == {"dam-prepare"}  # the vision passes ran there too
     assert model.encoded == model.ready >= 4  # at least one admission pause without preparation (the first batch has none made)
+    # bulk work at the lowest priority (Linux, per thread): a click's request thread takes a core first; others unchanged
+    assert set(model.niceness) == {PREPARE_NICENESS}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < PREPARE_NICENESS
