@@ -34,8 +34,8 @@ when all its regions are captioned.
   200-region request waits out shorter pauses (and 200 regions took 1.8-2.1 s against 2.35-2.38 s when the session
   encoded them). Clicks are prepared in their own request thread (backend/model.py) and encoded by the session,
   with whatever else is not ready. The thread runs at the lowest priority (nice 19, Linux): where it competes for a
-  core with a click's request thread, the click goes first (click p95 during a 200-region request 78-79 ms against
-  88-101 ms at the same priority, side by side; the 200 regions took 2.1-2.3 s against 2.0-2.1 s).
+  core with a click's request thread, the click goes first (click p95 during a 200-region request 75-79 ms against
+  88-101 ms at the same priority, three side-by-side runs; the 200 regions took 1.95-2.26 s against 2.03-2.12 s).
 - close(): stops accepting, drains (or fails with `SchedulerClosed`) what waits. Every submission gets an answer.
   The worker thread starts with the first submission (an app that never captions holds no thread); it is a daemon,
   so in-flight requests finish during gunicorn's graceful shutdown and nothing waits on it at exit.
