@@ -14,8 +14,8 @@ with mixed caption lengths), decode steps/s through transformers' forward vs the
 alone, beside a Python thread (what request threads do to the decode thread) and beside a busy process (what the
 machine's other core does to it), how much work this machine's two cores do together over one, the scheduler and
 model alone in this process (no HTTP: the ratio the model thread allows however cheap the request path becomes), and
-the region-grow segmenter's time per click. The server runs as the local stack starts it (dam_tools.provisioning.backend_env: one torch
-thread). With continuous batching it also prints how many rows the 8 clients' decode steps held on average
+the region-grow segmenter's time per click. The server runs as the local stack starts it
+(dam_tools.provisioning.backend_env: one torch thread). With continuous batching it also prints how many rows the 8 clients' decode steps held on average
 (/metrics dam_backend_decode_rows).
 
 Run it as `python scripts/bench.py concurrent` (a submodule of dam_tools.benchmarks: no clash with the standard
@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -176,11 +177,8 @@ def scheduler_alone(model: DescribeAnythingModel, scenes, rounds: int) -> tuple[
         image.flags.writeable = False
         regions += [(image, obj.mask) for obj in scene.objects]
 
-    class Served:  # what the model store hands the scheduler
-        version, lock = "bench", None
-
-    Served.model = model
-    scheduler = Scheduler(lambda: Served, BatchingSettings())
+    served = SimpleNamespace(model=model, version="bench", lock=None)  # what the model store hands the scheduler
+    scheduler = Scheduler(lambda: served, BatchingSettings())
     generation = Generation(max_new_tokens=256)
 
     def click(i: int) -> None:
@@ -350,14 +348,13 @@ def run(args) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server (TORCH_NUM_THREADS=1 in the local stack)
     traced_vs_eager(model, scenes)
-    torch.set_num_threads(threads)
     print(f"this machine's cores: two processes running the same Python loop do {two_cores_scaling():.2f}x the work "
           "of one (2.00 = two independent cores)", flush=True)
-    torch.set_num_threads(1)
     alone_1, alone_8 = scheduler_alone(model, scenes, rounds)
     torch.set_num_threads(threads)
     print(f"scheduler + model alone (in this process, no HTTP; each thread makes its clicks' inputs): 1 thread "
-          f"{alone_1:.1f} regions/s, {CLIENTS} threads {alone_8:.1f} regions/s -> {alone_8 / alone_1:.2f}x", flush=True)
+          f"{alone_1:.1f} regions/s, {CLIENTS} threads {alone_8:.1f} regions/s -> {alone_8 / alone_1:.2f}x",
+          flush=True)
     height, width = scenes[0].image.shape[:2]
     print(f"region-grow segmenter: {region_grow_ms(scenes):.1f} ms per click at {width}x{height} (best of 5)", flush=True)
     captured = json.loads(CAPTURED.read_text())["body"]
