@@ -351,7 +351,8 @@ class DescribeAnythingModel(nn.Module):
     def _traced(self, name, make):
         cache = self.__dict__.setdefault("_traced_parts", {})
         key = (name, self.device, self.dtype)
-        with self.__dict__.setdefault("_traced_lock", threading.Lock()):  # the prepare-ahead thread encodes too
+        lock = self.__dict__.get("_traced_lock") or self.__dict__.setdefault("_traced_lock", threading.Lock())
+        with lock:  # the prepare-ahead thread encodes too
             if key not in cache:
                 cache[key] = make()
             return cache[key]
