@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from dam_model.synthetic import generate_dataset
 from dam_tools import build_tiny_model as btm
@@ -18,12 +19,18 @@ def test_cache_key_depends_on_profile_and_training_code(monkeypatch):
     assert btm.cache_key(ci) != key
 
 
-def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
+def cached_build(tmp_path, monkeypatch, profile):
+    """A cache (DAM_CACHE_DIR under tmp_path) that holds a finished build of `profile`; its folder."""
     monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path))
-    profile = btm.PROFILES["ci"]
     target = tmp_path / "tiny-dam" / btm.cache_key(profile)
     (target / "model").mkdir(parents=True)
     (target / "build.json").write_text(json.dumps({"cache_key": target.name}))
+    return target
+
+
+def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
+    profile = btm.PROFILES["ci"]
+    target = cached_build(tmp_path, monkeypatch, profile)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached build must not train")
@@ -37,12 +44,7 @@ def test_cached_build_is_reused_without_training(tmp_path, monkeypatch, capsys):
 
 def test_a_build_leaves_the_callers_torch_threads_as_they_were(tmp_path, monkeypatch):
     """Builds train at 2 threads; a server or a bench that set 1 thread keeps it after asking for the tiny model."""
-    import torch
-
-    monkeypatch.setenv("DAM_CACHE_DIR", str(tmp_path))
-    target = tmp_path / "tiny-dam" / btm.cache_key(btm.PROFILES["ci"])
-    (target / "model").mkdir(parents=True)
-    (target / "build.json").write_text(json.dumps({"cache_key": target.name}))
+    cached_build(tmp_path, monkeypatch, btm.PROFILES["ci"])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
